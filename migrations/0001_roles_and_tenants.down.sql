@@ -1,0 +1,3 @@
+DROP TABLE tenants;
+DROP TYPE tenant_status;
+DROP SCHEMA app CASCADE;

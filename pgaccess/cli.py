@@ -1,0 +1,106 @@
+"""The ``pgaccess`` console script and the helpers every subcommand shares.
+
+``pgaccess migrate ...`` is the same as ``python -m pgaccess.migrate ...``; likewise
+``seed``, ``queries``, ``health`` and ``devdb``. Without ``--dsn`` and ``DATABASE_URL`` the
+commands use the embedded development cluster under ``.pgaccess/`` (started on first use).
+
+Exit codes shared by all subcommands: 0 success, 1 failure (or ``degraded`` for health),
+2 usage error or ``down``; ``migrate status`` adds 3 (pending) and 4 (drift).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import PgAccessError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+SUBCOMMANDS = {
+    "migrate": "pgaccess.migrate.cli",
+    "seed": "pgaccess.seed.cli",
+    "queries": "pgaccess.queries.cli",
+    "health": "pgaccess.health.cli",
+    "devdb": "pgaccess.devdb.cli",
+    "demo": "pgaccess.demo",
+}
+
+
+def parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """An argparse parser whose --help ends with an example."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_dsn(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dsn",
+        help="database URL (default: $DATABASE_URL, else the embedded dev cluster in .pgaccess/)",
+    )
+
+
+async def resolve_dsn(dsn: str | None) -> str:
+    """--dsn, then DATABASE_URL, then the embedded development cluster."""
+    if dsn:
+        return dsn
+    if env := os.environ.get("DATABASE_URL"):
+        return env
+    from .devdb import dev_dsn
+
+    return await dev_dsn()
+
+
+def run(main: Callable[[], Any]) -> int:
+    """Run an async command body; typed errors become a one-line message and exit 1."""
+    try:
+        result = asyncio.run(main()) if asyncio.iscoroutinefunction(main) else main()
+        return int(result or 0)
+    except PgAccessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table for people."""
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str, sort_keys=False))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import importlib
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help") or args[0] not in SUBCOMMANDS:
+        print(
+            "usage: pgaccess {" + ",".join(SUBCOMMANDS) + "} ...\n\n"
+            "Async raw-SQL data access for PostgreSQL. Each subcommand has --help.\n\n"
+            "example:\n  pgaccess migrate status --json\n  pgaccess demo",
+            file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout,
+        )
+        return EXIT_OK if args and args[0] in ("-h", "--help") else EXIT_USAGE
+    module = importlib.import_module(SUBCOMMANDS[args[0]])
+    return int(module.main(args[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""A tuned asyncpg pool: bounded acquire, retried connect, lifetimes, leak detection, stats.
+
+asyncpg's pool is fast but leaves several production concerns to the caller; this wrapper
+adds them without putting anything on the hot path that costs a round trip:
+
+* connect retries with exponential backoff and jitter, only on errors that can heal;
+  authentication failures and unknown databases fail at once;
+* acquire is always bounded (``PoolTimeout`` carries the stats);
+* connections are retired after ``max_lifetime`` (with jitter), from the release hook;
+* a connection held longer than ``leak_threshold`` is logged with the place that took it;
+* release skips asyncpg's ``RESET ALL`` round trip for connections that only ran
+  transaction-local work (see :meth:`Pool.mark_dirty` and ``docs/RELEASE.md``);
+* ``stats()`` in the spirit of psycopg_pool's ``get_stats()``;
+* ``close()`` waits for in-flight work up to a deadline, then terminates and says who held
+  connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from .config import Settings, redact
+from .errors import ConnectError, PoolClosed, PoolTimeout
+from .log import get_logger
+
+log = get_logger("pool")
+
+# Issued on release only for connections that may carry session state (raw access).
+FULL_RESET = (
+    "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL; "
+    "DISCARD TEMP; DISCARD SEQUENCES;"
+)
+
+
+class Connection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg connection with the bookkeeping the pool needs (born, retire-at, dirty)."""
+
+    __slots__ = ("_pga_acquired_at", "_pga_dirty", "_pga_retire_at", "_pga_stack")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pga_retire_at = float("inf")
+        self._pga_dirty = True
+        self._pga_acquired_at = 0.0
+        self._pga_stack: list[str] | None = None
+
+
+@dataclass
+class PoolStats:
+    """A snapshot of the pool. Counters are totals since the pool opened."""
+
+    name: str
+    size: int
+    idle: int
+    in_use: int
+    waiting: int
+    min_size: int
+    max_size: int
+    acquires: int
+    acquire_wait_ms: float
+    timeouts: int
+    connections_opened: int
+    connections_lost: int
+    connections_failed: int
+    connections_retired: int
+    full_resets: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_TRANSIENT_SQLSTATES = ("57P03", "53300", "53000", "08001", "08004", "08006")
+
+
+def is_transient_connect_error(exc: BaseException) -> bool:
+    """Errors that can heal by waiting: refused/reset connections, starting up, too many."""
+    if isinstance(exc, (asyncpg.InvalidPasswordError, asyncpg.InvalidCatalogNameError)):
+        return False
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        return False
+    if isinstance(
+        exc,
+        (asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError),
+    ):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return getattr(exc, "sqlstate", "") in _TRANSIENT_SQLSTATES
+    return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.ConnectionDoesNotExistError))
+
+
+def _connect_error_message(exc: BaseException, dsn: str) -> str:
+    where = redact(dsn)
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return f"authentication failed for {where}: {exc}; check the user and password"
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        return f"the server refused the role for {where}: {exc}; create the role or grant LOGIN"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"{exc} ({where}); create it (createdb) or fix the database name in the DSN"
+    return f"could not connect to {where}: {type(exc).__name__}: {exc}"
+
+
+class Pool:
+    """An asyncpg pool with pgaccess's limits. Open with ``await Pool(settings).open()``."""
+
+    def __init__(self, settings: Settings, dsn: str | None = None, *, name: str = "app") -> None:
+        dsn = dsn or settings.dsn
+        if not dsn:
+            raise ConnectError("no DSN: set DATABASE_URL or pass dsn=")
+        self.settings = settings
+        self.dsn = dsn
+        self.name = name
+        self._pool: asyncpg.Pool | None = None
+        self._closing = False
+        self._waiting = 0
+        self._acquires = 0
+        self._wait_s = 0.0
+        self._timeouts = 0
+        self._opened = 0
+        self._lost = 0
+        self._failed = 0
+        self._retired = 0
+        self._full_resets = 0
+        self._held: dict[int, Connection] = {}
+
+    # -- opening -----------------------------------------------------------------------
+
+    async def open(self) -> Pool:
+        s = self.settings
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=s.min_size,
+                max_size=s.max_size,
+                max_inactive_connection_lifetime=300.0,
+                connect=self._connect,
+                init=self._init_connection,
+                reset=self._reset,
+                connection_class=Connection,
+                statement_cache_size=s.statement_cache_size,
+                server_settings=s.connection_settings(),
+                timeout=s.connect_timeout,
+            )
+        except ConnectError:
+            raise
+        except Exception as exc:  # pragma: no cover - create_pool surfaces our own errors
+            raise ConnectError(_connect_error_message(exc, self.dsn)) from exc
+        log.info("pool_opened", pool=self.name, dsn=redact(self.dsn), max_size=s.max_size)
+        return self
+
+    async def _connect(self, *args: Any, **kwargs: Any) -> Connection:
+        budget = self.settings.connect_retry_budget
+        attempt = 0
+        try:
+            async for attempt_state in AsyncRetrying(
+                stop=stop_after_delay(budget),
+                wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.2),
+                retry=retry_if_exception(is_transient_connect_error),
+                reraise=False,
+            ):
+                with attempt_state:
+                    attempt += 1
+                    if attempt > 1:
+                        log.info("connect_retry", pool=self.name, attempt=attempt)
+                    try:
+                        con: Connection = await asyncpg.connect(*args, **kwargs)
+                    except Exception as exc:
+                        self._failed += 1
+                        if not is_transient_connect_error(exc):
+                            raise ConnectError(_connect_error_message(exc, self.dsn)) from exc
+                        raise
+        except RetryError as err:
+            last = err.last_attempt.exception()
+            raise ConnectError(
+                f"{_connect_error_message(last or err, self.dsn)} (gave up after {attempt} "
+                f"attempts in {budget:g}s, PGACCESS_CONNECT_RETRY_BUDGET); is the server up?"
+            ) from last
+        self._opened += 1
+        lifetime = self.settings.max_lifetime
+        if lifetime:
+            con._pga_retire_at = time.monotonic() + lifetime * (1 - 0.2 * random.random())
+        con.add_termination_listener(self._on_terminated)
+        log.debug("connected", pool=self.name, attempts=attempt)
+        return con
+
+    def _on_terminated(self, con: asyncpg.Connection) -> None:
+        if not self._closing and getattr(con, "_pga_retire_at", 0.0) != -1.0:
+            self._lost += 1
+
+    async def _init_connection(self, con: asyncpg.Connection) -> None:
+        await con.set_type_codec(
+            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+        await con.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+    async def _reset(self, con: asyncpg.Connection) -> None:
+        assert isinstance(con, Connection)
+        if time.monotonic() >= con._pga_retire_at:
+            self._retired += 1
+            con._pga_retire_at = -1.0
+            await con.close(timeout=2)
+            return
+        if con._pga_dirty:
+            self._full_resets += 1
+            await con.execute(FULL_RESET)
+
+    # -- acquire / release -------------------------------------------------------------
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None or self._closing:
+            raise PoolClosed(f"pool {self.name!r} is closed; call await pool.open() first")
+        return self._pool
+
+    async def acquire(self, timeout: float | None = None, *, clean: bool = False) -> Connection:
+        """Take a connection, waiting at most ``timeout`` (default: the acquire timeout).
+
+        ``clean=True`` is for callers that promise to leave only transaction-local state
+        (the unit of work): their release skips the reset round trip unless they call
+        :meth:`mark_dirty`.
+        """
+        pool = self._require_pool()
+        timeout = self.settings.acquire_timeout if timeout is None else timeout
+        start = time.perf_counter()
+        self._waiting += 1
+        try:
+            proxy = await pool.acquire(timeout=timeout)
+        except asyncio.TimeoutError:
+            self._timeouts += 1
+            stats = self.stats()
+            raise PoolTimeout(
+                f"no connection from pool {self.name!r} within {timeout:g}s "
+                f"(size={stats.size}, in_use={stats.in_use}, waiting={stats.waiting - 1}, "
+                f"max={stats.max_size}); raise PGACCESS_POOL_MAX_SIZE, shorten transactions, "
+                "or look for leaked connections (PGACCESS_LEAK_THRESHOLD)",
+                stats.as_dict(),
+            ) from None
+        finally:
+            self._waiting -= 1
+        waited = time.perf_counter() - start
+        self._acquires += 1
+        self._wait_s += waited
+        con: Connection = proxy._con
+        con._pga_dirty = not clean
+        if self.settings.check_on_acquire:
+            proxy = await self._checked(pool, proxy, timeout)
+            con = proxy._con
+        if self.settings.leak_threshold:
+            con._pga_acquired_at = time.monotonic()
+            con._pga_stack = traceback.format_stack(limit=12)[:-1]
+            self._held[id(proxy)] = con
+            asyncio.get_running_loop().call_later(
+                self.settings.leak_threshold, self._check_leak, proxy, con._pga_acquired_at
+            )
+        return proxy  # type: ignore[no-any-return]
+
+    async def _checked(self, pool: asyncpg.Pool, proxy: Any, timeout: float) -> Any:
+        try:
+            await proxy.execute("")
+            return proxy
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            self._lost += 1
+            proxy._con.terminate()
+            await pool.release(proxy)
+            return await pool.acquire(timeout=timeout)
+
+    def _check_leak(self, proxy: Any, acquired_at: float) -> None:
+        con = self._held.get(id(proxy))
+        if con is None or con._pga_acquired_at != acquired_at:
+            return
+        log.warning(
+            "connection_leak_suspected",
+            pool=self.name,
+            held_s=round(time.monotonic() - acquired_at, 3),
+            acquired_at="".join(con._pga_stack or []),
+        )
+
+    async def release(self, con: Any) -> None:
+        self._held.pop(id(con), None)
+        pool = self._pool
+        if pool is None:
+            return
+        await pool.release(con, timeout=self.settings.acquire_timeout)
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Connection]:
+        """``async with pool.connection() as con:`` - raw access; released with a full reset."""
+        con = await self.acquire(timeout)
+        try:
+            yield con
+        finally:
+            await self.release(con)
+
+    def mark_dirty(self, con: Any) -> None:
+        """The connection may carry session state: reset it fully on release."""
+        raw = con._con if isinstance(con, PoolConnectionProxy) else con
+        if raw is not None:
+            raw._pga_dirty = True
+
+    def held_connections(self) -> list[str]:
+        """Where each connection still checked out was acquired (needs leak_threshold > 0)."""
+        return ["".join(c._pga_stack or ["<unknown>"]) for c in self._held.values()]
+
+    # -- stats and closing -------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        pool = self._pool
+        size = pool.get_size() if pool is not None else 0
+        idle = pool.get_idle_size() if pool is not None else 0
+        return PoolStats(
+            name=self.name,
+            size=size,
+            idle=idle,
+            in_use=size - idle,
+            waiting=self._waiting,
+            min_size=self.settings.min_size,
+            max_size=self.settings.max_size,
+            acquires=self._acquires,
+            acquire_wait_ms=round(self._wait_s * 1000, 3),
+            timeouts=self._timeouts,
+            connections_opened=self._opened,
+            connections_lost=self._lost,
+            connections_failed=self._failed,
+            connections_retired=self._retired,
+            full_resets=self._full_resets,
+        )
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None and not self._closing
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Wait up to ``timeout`` for in-flight work, then terminate what is left."""
+        pool = self._pool
+        if pool is None or self._closing:
+            return
+        self._closing = True
+        try:
+            await asyncio.wait_for(pool.close(), timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            log.warning(
+                "pool_close_timeout",
+                pool=self.name,
+                timeout_s=timeout,
+                held_by=self.held_connections() or "(set leak_threshold to see where)",
+            )
+            pool.terminate()
+        finally:
+            self._pool = None
+        log.info("pool_closed", pool=self.name)
+
+    async def __aenter__(self) -> Pool:
+        if self._pool is None:
+            await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,421 @@
+"""The unit of work: one explicit transaction that carries the tenant.
+
+``async with db.transaction(tenant=t) as uow:`` acquires a connection, sends ``BEGIN`` and
+the transaction-local tenant setting in *one* round trip, commits on normal exit, rolls back
+on any exception (re-raised, typed) and returns the connection to the pool clean. Nested
+``db.transaction()`` / ``uow.savepoint()`` blocks become savepoints.
+
+Release is cheap: every setting pgaccess makes is transaction-local, so the pool skips
+asyncpg's ``RESET ALL`` round trip unless this unit of work may have left session state
+behind (raw ``uow.connection`` access, or a statement that ``affects_session`` flags). See
+``docs/RELEASE.md`` for what can leak and the tests that prove it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from uuid import UUID
+
+import asyncpg
+
+from .errors import PgAccessError, TransactionError, from_asyncpg
+from .log import get_logger, log_query
+from .tenancy import TenantContext, parse_tenant_id
+
+if TYPE_CHECKING:
+    from .database import Database
+    from .pool import Connection, Pool
+    from .repository import BaseRepository
+
+log = get_logger("uow")
+
+Isolation = Literal["read_committed", "repeatable_read", "serializable"]
+_ISOLATION_SQL = {
+    "read_committed": "READ COMMITTED",
+    "repeatable_read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+
+R = TypeVar("R", bound="BaseRepository[Any]")
+
+_active: ContextVar[UnitOfWork | None] = ContextVar("pgaccess_uow", default=None)
+
+# Statements that can leave state on the session beyond the transaction. A unit of work
+# that runs one of these is released with a full reset (one extra round trip).
+_SESSION_STATE = re.compile(
+    r"""(?:^|;)\s*SET\s+(?!LOCAL\b)|\bRESET\b|\bLISTEN\b|\bpg_advisory_lock|"""
+    r"""\bpg_advisory_lock_shared\b|\bpg_try_advisory_lock\b|\bTEMP(ORARY)?\b|"""
+    r"""\bPREPARE\b|\bWITH\s+HOLD\b|\bset_config\s*\(|\bDISCARD\b|\bCOMMIT\b|\bBEGIN\b""",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+@lru_cache(maxsize=4096)
+def affects_session(sql: str) -> bool:
+    """True when ``sql`` may leave session-level state (cached per statement text)."""
+    return _SESSION_STATE.search(sql) is not None
+
+
+def begin_statement(
+    isolation: str,
+    readonly: bool,
+    deferrable: bool,
+    tenant: UUID | None,
+    tenant_setting: str,
+    timeout: float | None,
+    use_set_local: bool = False,
+) -> str:
+    """The one simple-query string that opens a unit of work.
+
+    The tenant id is a validated ``uuid.UUID`` whose ``str()`` is 36 hex digits and dashes,
+    so it is safe to inline; it is never taken from unvalidated input.
+    """
+    try:
+        level = _ISOLATION_SQL[isolation]
+    except KeyError:
+        raise TransactionError(
+            f"unknown isolation {isolation!r}; use one of {sorted(_ISOLATION_SQL)}"
+        ) from None
+    parts = [f"BEGIN ISOLATION LEVEL {level}"]
+    if readonly:
+        parts[0] += " READ ONLY"
+        if deferrable:
+            parts[0] += " DEFERRABLE"
+    if tenant is not None:
+        assert isinstance(tenant, UUID)
+        if use_set_local:
+            parts.append(f"SET LOCAL {tenant_setting} = '{tenant}'")
+        else:
+            parts.append(f"SELECT set_config('{tenant_setting}', '{tenant}', true)")
+    if timeout is not None:
+        parts.append(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
+    return "; ".join(parts)
+
+
+class UnitOfWork:
+    """One transaction on one connection. Obtain it from ``db.transaction()``."""
+
+    def __init__(
+        self,
+        db: Database,
+        pool: Pool,
+        *,
+        tenant: UUID | None,
+        system: bool,
+        isolation: str,
+        readonly: bool,
+    ) -> None:
+        self.db = db
+        self.pool = pool
+        self.tenant = tenant
+        self.system = system
+        self.isolation = isolation
+        self.readonly = readonly
+        self._con: Connection | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._state: Literal["new", "active", "done"] = "new"
+        self._on_commit: list[Callable[[], Awaitable[Any] | Any]] = []
+        self._savepoints = 0
+        self._slow_ms = db.settings.slow_query_ms
+        self._log_all = db.log_queries
+
+    # -- guards --------------------------------------------------------------------------
+
+    def _check(self) -> Connection:
+        if self._state != "active" or self._con is None:
+            raise TransactionError(
+                "this unit of work is not active (used after its `async with` block ended, "
+                "or before it began); open a new db.transaction()"
+            )
+        if asyncio.current_task() is not self._task:
+            raise TransactionError(
+                "a unit of work belongs to the task that opened it; open a separate "
+                "db.transaction() in the other task"
+            )
+        return self._con
+
+    @property
+    def connection(self) -> Connection:
+        """The raw asyncpg connection. Anything goes, so its release runs a full reset."""
+        con = self._check()
+        self.pool.mark_dirty(con)
+        return con
+
+    @property
+    def active(self) -> bool:
+        return self._state == "active"
+
+    def require_tenant(self) -> UUID:
+        if self.tenant is None:
+            from .errors import TenantRequired
+
+            raise TenantRequired(
+                "this operation needs a tenant: open the unit of work with "
+                "db.transaction(tenant=...) or inside `with tenant_scope(...)`"
+            )
+        return self.tenant
+
+    # -- running statements ----------------------------------------------------------------
+
+    async def _run(self, method: str, sql: str, args: Sequence[Any], name: str | None) -> Any:
+        con = self._check()
+        start = time.perf_counter()
+        try:
+            result = await getattr(con, method)(sql, *args)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            err = from_asyncpg(exc, name or sql.strip().splitlines()[0][:80])
+            log_query(name or _first_line(sql), _ms(start), self._slow_ms, error=err)
+            raise err from exc
+        duration = _ms(start)
+        if self._log_all or duration >= self._slow_ms:
+            rows = len(result) if isinstance(result, list) else None
+            log_query(name or _first_line(sql), duration, self._slow_ms, rows=rows)
+        if self.db.metrics is not None:
+            self.db.metrics.observe_query(name or "sql", duration / 1000)
+        return result
+
+    def _note_sql(self, sql: str) -> None:
+        if affects_session(sql) and self._con is not None:
+            self.pool.mark_dirty(self._con)
+
+    async def fetch(self, sql: str, *args: Any, name: str | None = None) -> list[asyncpg.Record]:
+        self._note_sql(sql)
+        return cast(list[asyncpg.Record], await self._run("fetch", sql, args, name))
+
+    async def fetchrow(self, sql: str, *args: Any, name: str | None = None) -> asyncpg.Record | None:
+        self._note_sql(sql)
+        return cast("asyncpg.Record | None", await self._run("fetchrow", sql, args, name))
+
+    async def fetchval(self, sql: str, *args: Any, name: str | None = None) -> Any:
+        self._note_sql(sql)
+        return await self._run("fetchval", sql, args, name)
+
+    async def execute(self, sql: str, *args: Any, name: str | None = None) -> str:
+        self._note_sql(sql)
+        return cast(str, await self._run("execute", sql, args, name))
+
+    async def executemany(
+        self, sql: str, args: Iterable[Sequence[Any]], name: str | None = None
+    ) -> None:
+        self._note_sql(sql)
+        con = self._check()
+        start = time.perf_counter()
+        try:
+            await con.executemany(sql, args)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise from_asyncpg(exc, name or _first_line(sql)) from exc
+        log_query(name or _first_line(sql), _ms(start), self._slow_ms if not self._log_all else 0)
+
+    async def copy_records(
+        self, table: str, records: Iterable[Sequence[Any]], columns: Sequence[str],
+        schema: str | None = None,
+    ) -> str:
+        """``COPY table (columns) FROM STDIN`` - only where RLS does not apply to this role."""
+        con = self._check()
+        try:
+            return cast(
+                str,
+                await con.copy_records_to_table(
+                    table, records=records, columns=list(columns), schema_name=schema
+                ),
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise from_asyncpg(exc, f"COPY {table}") from exc
+
+    # -- named queries and repositories ---------------------------------------------------
+
+    @property
+    def q(self) -> Any:
+        """The loaded named queries, bound to this unit of work: ``await uow.q.name(p=1)``."""
+        return self.db.queries.bind(self)
+
+    def repo(self, repository: type[R]) -> R:
+        """A repository of type ``repository`` bound to this unit of work."""
+        return repository(self)
+
+    # -- savepoints and hooks ---------------------------------------------------------------
+
+    def savepoint(self) -> Savepoint:
+        """``async with uow.savepoint():`` - a block that rolls back alone on error."""
+        return Savepoint(self)
+
+    def on_commit(self, callback: Callable[[], Awaitable[Any] | Any]) -> None:
+        """Run ``callback`` once, after a successful commit (never on rollback or retry)."""
+        self._check()
+        self._on_commit.append(callback)
+
+    # -- lifecycle (driven by TransactionContext) -----------------------------------------
+
+    async def _begin(self, statement: str, acquire_timeout: float | None) -> None:
+        clean = True
+        self._con = await self.pool.acquire(acquire_timeout, clean=clean)
+        self._task = asyncio.current_task()
+        try:
+            await self._con.execute(statement)
+        except BaseException as exc:
+            await self._discard()
+            if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                raise from_asyncpg(exc, "BEGIN") from exc
+            raise
+        self._state = "active"
+
+    async def _commit(self) -> None:
+        con = self._check()
+        self._state = "done"
+        try:
+            await con.execute("COMMIT")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            await self._discard()
+            raise from_asyncpg(exc, "COMMIT") from exc
+        await self._release()
+        for callback in self._on_commit:
+            result = callback()
+            if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+                await result
+
+    async def _rollback(self) -> None:
+        con = self._con
+        self._state = "done"
+        if con is None:
+            return
+        try:
+            if not con.is_closed() and con.is_in_transaction():
+                await con.execute("ROLLBACK")
+        except BaseException:
+            # A broken or cancelled connection: terminate it, the pool opens a new one.
+            con.terminate()
+        await self._release()
+
+    async def _release(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            await self.pool.release(con)
+
+    async def _discard(self) -> None:
+        con, self._con = self._con, None
+        self._state = "done"
+        if con is not None:
+            con.terminate()
+            await self.pool.release(con)
+
+
+class Savepoint:
+    """A nested block of a unit of work; rolls back alone on error."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+        self.name = ""
+
+    async def __aenter__(self) -> UnitOfWork:
+        con = self.uow._check()
+        self.uow._savepoints += 1
+        self.name = f"pgaccess_sp_{self.uow._savepoints}"
+        await con.execute(f"SAVEPOINT {self.name}")
+        return self.uow
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        con = self.uow._check()
+        try:
+            if exc_type is None:
+                await con.execute(f"RELEASE SAVEPOINT {self.name}")
+            else:
+                await con.execute(f"ROLLBACK TO SAVEPOINT {self.name}")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            raise from_asyncpg(err, "SAVEPOINT") from err
+
+
+class TransactionContext:
+    """What ``db.transaction(...)`` returns; enter it with ``async with``."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        tenant: Any = None,
+        system: bool = False,
+        reason: str | None = None,
+        isolation: Isolation = "read_committed",
+        readonly: bool = False,
+        deferrable: bool = False,
+        timeout: float | None = None,
+        acquire_timeout: float | None = None,
+    ) -> None:
+        if isolation not in _ISOLATION_SQL:
+            raise TransactionError(
+                f"unknown isolation {isolation!r}; use one of {sorted(_ISOLATION_SQL)}"
+            )
+        if system and tenant is not None:
+            raise TransactionError("a system transaction has no tenant; pass one or the other")
+        self.db = db
+        self.tenant = None if tenant is None else parse_tenant_id(tenant)
+        self.system = system
+        self.reason = reason
+        self.isolation = isolation
+        self.readonly = readonly
+        self.deferrable = deferrable
+        self.timeout = timeout
+        self.acquire_timeout = acquire_timeout
+        self._uow: UnitOfWork | None = None
+        self._savepoint: Savepoint | None = None
+        self._token: Any = None
+
+    async def __aenter__(self) -> UnitOfWork:
+        outer = _active.get()
+        if outer is not None and outer.active and outer._task is asyncio.current_task():
+            if self.tenant is not None and self.tenant != outer.tenant:
+                raise TransactionError(
+                    "a nested transaction cannot switch tenant; open it in a separate task"
+                )
+            self._savepoint = outer.savepoint()
+            return await self._savepoint.__aenter__()
+        tenant = self.tenant
+        if tenant is None and not self.system:
+            tenant = TenantContext.current()
+        if self.system:
+            pool = self.db.admin_pool
+            log.info("system_transaction", reason=self.reason or "(no reason given)")
+        else:
+            pool = self.db.pool_for(readonly=self.readonly)
+        uow = UnitOfWork(
+            self.db, pool, tenant=tenant, system=self.system,
+            isolation=self.isolation, readonly=self.readonly,
+        )
+        statement = begin_statement(
+            self.isolation, self.readonly, self.deferrable, tenant,
+            self.db.settings.tenant_setting, self.timeout, self.db.tenant_set_local,
+        )
+        await uow._begin(statement, self.acquire_timeout)
+        self._uow = uow
+        self._token = _active.set(uow)
+        return uow
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._savepoint is not None:
+            await self._savepoint.__aexit__(exc_type, exc, tb)
+            return
+        uow = self._uow
+        assert uow is not None
+        _active.reset(self._token)
+        if exc_type is None:
+            await uow._commit()
+        else:
+            await uow._rollback()
+            if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)) and not isinstance(
+                exc, PgAccessError
+            ):
+                raise from_asyncpg(exc) from exc
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def _first_line(sql: str) -> str:
+    stripped = sql.strip()
+    return stripped.splitlines()[0][:80] if stripped else "<empty>"
