@@ -1,6 +1,7 @@
 -- Tenant-owned tables: tenant_id on every row, keys and uniqueness scoped per tenant,
 -- RLS enabled and forced, a restrictive guard so a later permissive policy cannot widen
--- access, and a role-scoped policy for the system (admin) context.
+-- access, and a role-scoped policy for the system (admin) context: all rows when no tenant
+-- is set, that tenant's rows when one is (so seeding "as a tenant" is checked by RLS too).
 CREATE TABLE users (
     tenant_id   uuid NOT NULL REFERENCES tenants (id),
     id          uuid NOT NULL DEFAULT gen_random_uuid(),
@@ -43,7 +44,9 @@ CREATE POLICY tenant_guard ON users AS RESTRICTIVE FOR ALL TO pgaccess_app
 CREATE POLICY tenant_access ON users FOR ALL TO pgaccess_app
     USING (tenant_id = (SELECT app.current_tenant_id()))
     WITH CHECK (tenant_id = (SELECT app.current_tenant_id()));
-CREATE POLICY system_access ON users FOR ALL TO pgaccess_admin USING (true) WITH CHECK (true);
+CREATE POLICY system_access ON users FOR ALL TO pgaccess_admin
+    USING ((SELECT app.current_tenant_id()) IS NULL OR tenant_id = (SELECT app.current_tenant_id()))
+    WITH CHECK ((SELECT app.current_tenant_id()) IS NULL OR tenant_id = (SELECT app.current_tenant_id()));
 
 CREATE POLICY tenant_guard ON projects AS RESTRICTIVE FOR ALL TO pgaccess_app
     USING (tenant_id = (SELECT app.current_tenant_id()))
@@ -51,6 +54,8 @@ CREATE POLICY tenant_guard ON projects AS RESTRICTIVE FOR ALL TO pgaccess_app
 CREATE POLICY tenant_access ON projects FOR ALL TO pgaccess_app
     USING (tenant_id = (SELECT app.current_tenant_id()))
     WITH CHECK (tenant_id = (SELECT app.current_tenant_id()));
-CREATE POLICY system_access ON projects FOR ALL TO pgaccess_admin USING (true) WITH CHECK (true);
+CREATE POLICY system_access ON projects FOR ALL TO pgaccess_admin
+    USING ((SELECT app.current_tenant_id()) IS NULL OR tenant_id = (SELECT app.current_tenant_id()))
+    WITH CHECK ((SELECT app.current_tenant_id()) IS NULL OR tenant_id = (SELECT app.current_tenant_id()));
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON users, projects TO pgaccess_app, pgaccess_admin;

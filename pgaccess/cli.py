@@ -60,8 +60,22 @@ async def resolve_dsn(dsn: str | None) -> str:
     return await dev_dsn()
 
 
+def configure_logging() -> None:
+    """Command-line logging: structlog events to stderr at PGACCESS_LOG_LEVEL (warning)."""
+    import logging
+
+    import structlog
+
+    level = getattr(logging, os.environ.get("PGACCESS_LOG_LEVEL", "WARNING").upper(), 30)
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def run(main: Callable[[], Any]) -> int:
     """Run an async command body; typed errors become a one-line message and exit 1."""
+    configure_logging()
     try:
         result = asyncio.run(main()) if asyncio.iscoroutinefunction(main) else main()
         return int(result or 0)

@@ -71,6 +71,8 @@ class Database:
         self.log_queries = log_queries
         self.tenant_set_local = tenant_set_local
         self.metrics = metrics
+        # Column types of tables, read once from the catalogue (repository bulk inserts).
+        self.column_types: dict[str, dict[str, str]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 

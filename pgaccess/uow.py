@@ -210,7 +210,9 @@ class UnitOfWork:
             await con.executemany(sql, args)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise from_asyncpg(exc, name or _first_line(sql)) from exc
-        log_query(name or _first_line(sql), _ms(start), self._slow_ms if not self._log_all else 0)
+        duration = _ms(start)
+        if self._log_all or duration >= self._slow_ms:
+            log_query(name or _first_line(sql), duration, self._slow_ms)
 
     async def copy_records(
         self, table: str, records: Iterable[Sequence[Any]], columns: Sequence[str],
@@ -244,6 +246,19 @@ class UnitOfWork:
     def savepoint(self) -> Savepoint:
         """``async with uow.savepoint():`` - a block that rolls back alone on error."""
         return Savepoint(self)
+
+    def scoped_tenant(self, tenant: Any) -> TenantScope:
+        """System units of work only: act as ``tenant`` for a block (RLS checks the rows).
+
+        Used by seeders and cross-tenant jobs that write tenant-owned rows in one
+        transaction: the admin role's policy narrows to the tenant while it is set.
+        """
+        if not self.system:
+            raise TransactionError(
+                "scoped_tenant() is for system units of work; a tenant unit of work has "
+                "exactly one tenant for its whole life"
+            )
+        return TenantScope(self, parse_tenant_id(tenant))
 
     def on_commit(self, callback: Callable[[], Awaitable[Any] | Any]) -> None:
         """Run ``callback`` once, after a successful commit (never on rollback or retry)."""
@@ -303,6 +318,31 @@ class UnitOfWork:
         if con is not None:
             con.terminate()
             await self.pool.release(con)
+
+
+class TenantScope:
+    """What ``uow.scoped_tenant(t)`` returns: sets and clears the transaction's tenant."""
+
+    def __init__(self, uow: UnitOfWork, tenant: UUID) -> None:
+        self.uow = uow
+        self.tenant = tenant
+
+    async def __aenter__(self) -> UnitOfWork:
+        con = self.uow._check()
+        setting = self.uow.db.settings.tenant_setting
+        await con.execute(f"SELECT set_config('{setting}', '{self.tenant}', true)")
+        self.uow.tenant = self.tenant
+        return self.uow
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.uow.tenant = None
+        con = self.uow._con
+        if con is not None and not con.is_closed() and self.uow.active:
+            setting = self.uow.db.settings.tenant_setting
+            try:
+                await con.execute(f"SELECT set_config('{setting}', '', true)")
+            except asyncpg.PostgresError:
+                pass  # the transaction is aborted; it will roll back anyway
 
 
 class Savepoint:
