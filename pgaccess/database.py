@@ -158,7 +158,7 @@ class Database:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(retries + 1),
-            wait=wait_exponential_jitter(initial=0.01, max=0.5, jitter=0.05),
+            wait=wait_exponential_jitter(multiplier=0.01, max=0.5, jitter=0.05),
             before_sleep=_log_retry,
             reraise=True,
         ):

@@ -50,7 +50,7 @@ FULL_RESET = (
 )
 
 
-class Connection(asyncpg.Connection):  # type: ignore[misc]
+class Connection(asyncpg.Connection):
     """asyncpg connection with the bookkeeping the pool needs (born, retire-at, dirty)."""
 
     __slots__ = ("_pga_acquired_at", "_pga_dirty", "_pga_retire_at", "_pga_stack")
@@ -61,6 +61,15 @@ class Connection(asyncpg.Connection):  # type: ignore[misc]
         self._pga_dirty = True
         self._pga_acquired_at = 0.0
         self._pga_stack: list[str] | None = None
+
+
+PooledConnection = PoolConnectionProxy[Any]
+"""What ``acquire`` returns: asyncpg's proxy, with every ``asyncpg.Connection`` method."""
+
+
+def raw_connection(proxy: Any) -> Connection:
+    """The pgaccess Connection behind a pool proxy (None once released)."""
+    return proxy._con  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -171,7 +180,7 @@ class Pool:
         try:
             async for attempt_state in AsyncRetrying(
                 stop=stop_after_delay(budget),
-                wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.2),
+                wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.2),
                 retry=retry_if_exception(is_transient_connect_error),
                 reraise=False,
             ):
@@ -200,7 +209,7 @@ class Pool:
         log.debug("connected", pool=self.name, attempts=attempt)
         return con
 
-    def _on_terminated(self, con: asyncpg.Connection) -> None:
+    def _on_terminated(self, con: Any) -> None:
         if not self._closing and getattr(con, "_pga_retire_at", 0.0) != -1.0:
             self._lost += 1
 
@@ -228,7 +237,7 @@ class Pool:
             raise PoolClosed(f"pool {self.name!r} is closed; call await pool.open() first")
         return self._pool
 
-    async def acquire(self, timeout: float | None = None, *, clean: bool = False) -> Connection:
+    async def acquire(self, timeout: float | None = None, *, clean: bool = False) -> PooledConnection:
         """Take a connection, waiting at most ``timeout`` (default: the acquire timeout).
 
         ``clean=True`` is for callers that promise to leave only transaction-local state
@@ -241,7 +250,7 @@ class Pool:
         self._waiting += 1
         try:
             proxy = await pool.acquire(timeout=timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._timeouts += 1
             stats = self.stats()
             raise PoolTimeout(
@@ -256,11 +265,10 @@ class Pool:
         waited = time.perf_counter() - start
         self._acquires += 1
         self._wait_s += waited
-        con: Connection = proxy._con
-        con._pga_dirty = not clean
         if self.settings.check_on_acquire:
             proxy = await self._checked(pool, proxy, timeout)
-            con = proxy._con
+        con = raw_connection(proxy)
+        con._pga_dirty = not clean
         if self.settings.leak_threshold:
             con._pga_acquired_at = time.monotonic()
             con._pga_stack = traceback.format_stack(limit=12)[:-1]
@@ -268,15 +276,15 @@ class Pool:
             asyncio.get_running_loop().call_later(
                 self.settings.leak_threshold, self._check_leak, proxy, con._pga_acquired_at
             )
-        return proxy  # type: ignore[no-any-return]
+        return proxy
 
-    async def _checked(self, pool: asyncpg.Pool, proxy: Any, timeout: float) -> Any:
+    async def _checked(self, pool: asyncpg.Pool, proxy: PooledConnection, timeout: float) -> PooledConnection:
         try:
-            await proxy.execute("")
+            await proxy.execute("SELECT 1")
             return proxy
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             self._lost += 1
-            proxy._con.terminate()
+            raw_connection(proxy).terminate()
             await pool.release(proxy)
             return await pool.acquire(timeout=timeout)
 
@@ -299,7 +307,7 @@ class Pool:
         await pool.release(con, timeout=self.settings.acquire_timeout)
 
     @asynccontextmanager
-    async def connection(self, timeout: float | None = None) -> AsyncIterator[Connection]:
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[PooledConnection]:
         """``async with pool.connection() as con:`` - raw access; released with a full reset."""
         con = await self.acquire(timeout)
         try:
@@ -309,7 +317,7 @@ class Pool:
 
     def mark_dirty(self, con: Any) -> None:
         """The connection may carry session state: reset it fully on release."""
-        raw = con._con if isinstance(con, PoolConnectionProxy) else con
+        raw = raw_connection(con) if isinstance(con, PoolConnectionProxy) else con
         if raw is not None:
             raw._pga_dirty = True
 
@@ -353,7 +361,7 @@ class Pool:
         self._closing = True
         try:
             await asyncio.wait_for(pool.close(), timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             log.warning(
                 "pool_close_timeout",
                 pool=self.name,

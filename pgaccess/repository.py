@@ -112,7 +112,7 @@ class BaseRepository(Generic[Row]):
     # -- mapping ---------------------------------------------------------------------------
 
     def _row(self, record: asyncpg.Record | None) -> Row | None:
-        return None if record is None else self.row(*record)  # type: ignore[no-any-return]
+        return None if record is None else self.row(*record)  # type: ignore[no-any-return,unused-ignore]
 
     def _rows(self, records: Iterable[asyncpg.Record]) -> list[Row]:
         make = self.row

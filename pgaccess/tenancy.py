@@ -67,7 +67,7 @@ class TenantContext:
         _current.reset(token)
 
 
-class tenant_scope:  # noqa: N801 - used like a function: `with tenant_scope(t):`
+class tenant_scope:
     """Set the current tenant for a ``with`` or ``async with`` block."""
 
     def __init__(self, tenant: Any) -> None:

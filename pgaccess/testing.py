@@ -90,7 +90,7 @@ def start_test_server() -> TestServer:
 
         container = PostgresContainer("postgres:15", driver=None).start()
         return TestServer(dsn=container.get_connection_url(), container=container)
-    except Exception as exc:  # noqa: BLE001 - any failure here just means "not available"
+    except Exception as exc:
         errors.append(f"testcontainers: {type(exc).__name__}: {exc}")
     raise ConfigError(
         "cannot start PostgreSQL for the tests. Install the server (Debian/Ubuntu: "

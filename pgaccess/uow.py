@@ -14,6 +14,7 @@ behind (raw ``uow.connection`` access, or a statement that ``affects_session`` f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -30,7 +31,7 @@ from .tenancy import TenantContext, parse_tenant_id
 
 if TYPE_CHECKING:
     from .database import Database
-    from .pool import Connection, Pool
+    from .pool import Pool, PooledConnection
     from .repository import BaseRepository
 
 log = get_logger("uow")
@@ -117,7 +118,7 @@ class UnitOfWork:
         self.system = system
         self.isolation = isolation
         self.readonly = readonly
-        self._con: Connection | None = None
+        self._con: PooledConnection | None = None
         self._task: asyncio.Task[Any] | None = None
         self._state: Literal["new", "active", "done"] = "new"
         self._on_commit: list[Callable[[], Awaitable[Any] | Any]] = []
@@ -127,7 +128,7 @@ class UnitOfWork:
 
     # -- guards --------------------------------------------------------------------------
 
-    def _check(self) -> Connection:
+    def _check(self) -> PooledConnection:
         if self._state != "active" or self._con is None:
             raise TransactionError(
                 "this unit of work is not active (used after its `async with` block ended, "
@@ -141,7 +142,7 @@ class UnitOfWork:
         return self._con
 
     @property
-    def connection(self) -> Connection:
+    def connection(self) -> PooledConnection:
         """The raw asyncpg connection. Anything goes, so its release runs a full reset."""
         con = self._check()
         self.pool.mark_dirty(con)
@@ -198,7 +199,8 @@ class UnitOfWork:
 
     async def execute(self, sql: str, *args: Any, name: str | None = None) -> str:
         self._note_sql(sql)
-        return cast(str, await self._run("execute", sql, args, name))
+        result: str = await self._run("execute", sql, args, name)
+        return result
 
     async def executemany(
         self, sql: str, args: Iterable[Sequence[Any]], name: str | None = None
@@ -221,11 +223,8 @@ class UnitOfWork:
         """``COPY table (columns) FROM STDIN`` - only where RLS does not apply to this role."""
         con = self._check()
         try:
-            return cast(
-                str,
-                await con.copy_records_to_table(
-                    table, records=records, columns=list(columns), schema_name=schema
-                ),
+            return await con.copy_records_to_table(
+                table, records=records, columns=list(columns), schema_name=schema
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise from_asyncpg(exc, f"COPY {table}") from exc
@@ -339,10 +338,8 @@ class TenantScope:
         con = self.uow._con
         if con is not None and not con.is_closed() and self.uow.active:
             setting = self.uow.db.settings.tenant_setting
-            try:
+            with contextlib.suppress(asyncpg.PostgresError):  # aborted: rolls back anyway
                 await con.execute(f"SELECT set_config('{setting}', '', true)")
-            except asyncpg.PostgresError:
-                pass  # the transaction is aborted; it will roll back anyway
 
 
 class Savepoint:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from pgaccess.reference import SEEDED_TENANTS, INITECH_ID, ProjectRepository, UserRepository
+from pgaccess.reference import INITECH_ID, SEEDED_TENANTS, ProjectRepository, UserRepository
 from pgaccess.seed import Seeder, TenantSeeder
 from pgaccess.uow import UnitOfWork
 

@@ -11,6 +11,7 @@ a dedicated, otherwise idle connection. See the README's "Deploying migrations".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import hashlib
 import re
@@ -567,10 +568,8 @@ class Migrator:
             line = st.line
             position = getattr(exc, "position", None)
             if position:
-                try:
+                with contextlib.suppress(ValueError):
                     line = f.sql.count("\n", 0, st.start + int(position) - 1) + 1
-                except ValueError:
-                    pass
             hint = ""
             if getattr(exc, "sqlstate", "") == "55P03":
                 hint = (f"; the statement waited longer than lock_timeout={f.lock_timeout} for a "

@@ -49,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.command == "new":
-        def new() -> int:
+        def create() -> int:
             print(Migrator("postgresql://unused@localhost/x", args.dir).new(args.description))
             return EXIT_OK
-        return run(new)
+        return run(create)
 
     async def body() -> int:
         m = Migrator(await resolve_dsn(args.dsn), args.dir, lock_timeout=args.lock_wait,

@@ -18,7 +18,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiosql
 from aiosql.adapters.asyncpg import AsyncPGAdapter
@@ -65,7 +65,7 @@ def unmask(sql: str, masks: dict[str, str]) -> str:
     return sql
 
 
-class _Loader(QueryLoader):  # type: ignore[misc]
+class _Loader(QueryLoader):
     """aiosql's loader, with dollar-quoted bodies hidden from its parameter parser."""
 
     def _make_query_datum(
@@ -78,7 +78,7 @@ class _Loader(QueryLoader):  # type: ignore[misc]
         return datum
 
 
-class _Adapter(AsyncPGAdapter):  # type: ignore[misc]
+class _Adapter(AsyncPGAdapter):  # type: ignore[misc,unused-ignore]
     """aiosql's asyncpg adapter, calling through the unit of work (``conn`` is a UoW)."""
 
     def maybe_order_params(self, query_name: str, parameters: Any) -> list[Any]:
@@ -97,7 +97,7 @@ class _Adapter(AsyncPGAdapter):  # type: ignore[misc]
             return [parameters[n] for n in names]
         raise ParameterError(f"query {query_name}: pass parameters by name ({names})")
 
-    async def select(  # type: ignore[override]
+    async def select(  # type: ignore[override,unused-ignore]
         self, conn: UnitOfWork, query_name: str, sql: str, parameters: Any, record_class: Any = None
     ) -> AsyncIterator[Any]:
         for row in await conn._run("fetch", sql, self.maybe_order_params(query_name, parameters),
@@ -162,7 +162,7 @@ class QuerySet:
 
     def __init__(self, data: list[QueryDatum], adapter: _Adapter) -> None:
         self._adapter = adapter
-        self._queries = Queries(adapter, kwargs_only=True).load_from_list(data)
+        self._queries = Queries(cast(Any, adapter), kwargs_only=True).load_from_list(data)
         from ..uow import affects_session
 
         self.queries: dict[str, NamedQuery] = {}
@@ -232,8 +232,8 @@ class BoundQueries:
 
 
 def _load(data_of: Any, where: str) -> QuerySet:
-    adapter = _Adapter()
-    loader = _Loader(adapter, None, attribute=None, mandatory_parameters=True)
+    adapter = _Adapter()  # type: ignore[no-untyped-call,unused-ignore]
+    loader = _Loader(cast(Any, adapter), None, attribute=None, mandatory_parameters=True)
     try:
         data: list[QueryDatum] = data_of(loader)
     except (aiosql.SQLParseException, aiosql.SQLLoadException) as exc:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import SeedError
 from ..log import get_logger
@@ -199,7 +199,8 @@ class SeedRunner:
                         "nothing was written (the whole run rolled back)"
                     ) from exc
                 timings[seeder.seeder_name()] = time.perf_counter() - start
-                log.info("seeded", seeder=seeder.seeder_name(), seconds=round(timings[seeder.seeder_name()], 3))
+                log.info("seeded", seeder=seeder.seeder_name(),
+                         seconds=round(timings[seeder.seeder_name()], 3))
         return timings
 
 

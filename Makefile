@@ -1,0 +1,33 @@
+# pgaccess - the two front-door commands are `make demo` and `make test`.
+.PHONY: setup demo test lint check bench bench-smoke reliability clean
+
+setup:
+	@scripts/bootstrap.sh
+
+## demo: migrate and seed the embedded dev cluster (.pgaccess/), run tenant-scoped queries,
+## print the health report.
+demo: setup
+	.venv/bin/python -m pgaccess demo
+
+## test: the whole test suite against a private throwaway PostgreSQL, plus lint and types.
+test: setup
+	.venv/bin/python -m pytest -q
+	$(MAKE) --no-print-directory lint
+
+lint:
+	.venv/bin/ruff check pgaccess tests seeders
+	.venv/bin/mypy pgaccess
+
+check: test
+
+bench: setup
+	.venv/bin/python -m bench
+
+bench-smoke: setup
+	.venv/bin/python -m bench --smoke
+
+reliability: setup
+	PGACCESS_SOAK_SECONDS=180 .venv/bin/python -m pytest -q tests/test_reliability.py
+
+clean:
+	rm -rf .venv .pgaccess .pytest_cache .mypy_cache .ruff_cache
