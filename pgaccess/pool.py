@@ -25,7 +25,7 @@ import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -63,7 +63,7 @@ class Connection(asyncpg.Connection):
         self._pga_stack: list[str] | None = None
 
 
-PooledConnection = PoolConnectionProxy[Any]
+PooledConnection: TypeAlias = "PoolConnectionProxy[Any]"
 """What ``acquire`` returns: asyncpg's proxy, with every ``asyncpg.Connection`` method."""
 
 
