@@ -73,6 +73,8 @@ class Database:
         self.metrics = metrics
         # Column types of tables, read once from the catalogue (repository bulk inserts).
         self.column_types: dict[str, dict[str, str]] = {}
+        # Recent results of the expensive health checks (see pgaccess.health).
+        self.health_cache: dict[str, tuple[float, Any]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 

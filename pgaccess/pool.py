@@ -307,9 +307,12 @@ class Pool:
         await pool.release(con, timeout=self.settings.acquire_timeout)
 
     @asynccontextmanager
-    async def connection(self, timeout: float | None = None) -> AsyncIterator[PooledConnection]:
-        """``async with pool.connection() as con:`` - raw access; released with a full reset."""
-        con = await self.acquire(timeout)
+    async def connection(
+        self, timeout: float | None = None, *, clean: bool = False
+    ) -> AsyncIterator[PooledConnection]:
+        """``async with pool.connection() as con:`` - raw access, released with a full reset
+        unless ``clean=True`` (the caller promises to leave no session state)."""
+        con = await self.acquire(timeout, clean=clean)
         try:
             yield con
         finally:

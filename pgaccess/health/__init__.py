@@ -1,1 +1,210 @@
-"""placeholder"""
+"""Health checks: is the database reachable, healthy and migrated?
+
+``await db.health()`` (or :func:`check`) returns a :class:`HealthReport` whose ``status`` is
+``ok``, ``degraded`` or ``down``. Every check has its own timeout; a check that fails or
+times out marks only its part, and the report always comes back - a health check never hangs
+and never raises. Expensive statistics are cached for a few seconds per Database so a busy
+probe does not load the server.
+
+Liveness (``kind="live"``) asks only whether the pool can reach the server; readiness
+(``kind="ready"``, the default) adds migration state and a latency threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..log import get_logger
+
+if TYPE_CHECKING:
+    from ..database import Database
+
+log = get_logger("health")
+
+Status = Literal["ok", "degraded", "down"]
+_RANK = {"ok": 0, "degraded": 1, "down": 2}
+
+
+@dataclass
+class CheckResult:
+    status: Status
+    duration_ms: float
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class HealthReport:
+    status: Status
+    checked_at: str
+    checks: dict[str, CheckResult]
+    reasons: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok, 1 degraded, 2 down (the CLI's exit code)."""
+        return _RANK[self.status]
+
+
+_SERVER_SQL = """
+SELECT version() AS version,
+       current_setting('server_version') AS server_version,
+       pg_is_in_recovery() AS in_recovery,
+       current_setting('max_connections')::int AS max_connections,
+       (SELECT count(*) FROM pg_stat_activity)::int AS connections_used
+"""
+
+_DATABASE_SQL = """
+SELECT d.datname AS database, d.numbackends AS backends, d.xact_commit AS commits,
+       d.xact_rollback AS rollbacks,
+       CASE WHEN d.blks_hit + d.blks_read = 0 THEN NULL
+            ELSE round(d.blks_hit::numeric / (d.blks_hit + d.blks_read), 4)::float8 END
+           AS cache_hit_ratio,
+       d.deadlocks, d.temp_bytes, d.conflicts,
+       pg_database_size(d.datname) AS size_bytes,
+       (SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8
+          FROM pg_stat_activity WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()
+            AND datname = current_database()) AS longest_transaction_s,
+       (SELECT count(*) FROM pg_stat_activity
+          WHERE state LIKE 'idle in transaction%' AND datname = current_database())::int
+           AS idle_in_transaction
+FROM pg_stat_database d WHERE d.datname = current_database()
+"""
+
+
+async def _timed(name: str, timeout: float, fn: Callable[[], Awaitable[CheckResult]]) -> CheckResult:
+    start = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(fn(), timeout)
+    except TimeoutError:
+        return CheckResult("down" if name == "ping" else "degraded",
+                           _ms(start), error=f"timed out after {timeout:g}s")
+    except Exception as exc:  # noqa: BLE001 - a health check reports, it never raises
+        return CheckResult("down" if name == "ping" else "degraded", _ms(start),
+                           error=f"{type(exc).__name__}: {exc}")
+    result.duration_ms = _ms(start)
+    return result
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+async def check(
+    db: Database,
+    *,
+    kind: Literal["live", "ready", "full"] = "full",
+    migrations_dir: str | Path | None = "migrations",
+    timeout: float = 2.0,
+    max_latency_ms: float = 250.0,
+    cache_seconds: float = 5.0,
+) -> HealthReport:
+    """Run the checks for ``kind`` concurrently and combine them into one report."""
+    cache = db.health_cache
+
+    async def ping() -> CheckResult:
+        start = time.perf_counter()
+        async with db.pool.connection(timeout, clean=True) as con:
+            await con.fetchval("SELECT 1")
+        latency = _ms(start)
+        slow = latency > max_latency_ms
+        return CheckResult("degraded" if slow and kind != "live" else "ok", 0,
+                           {"latency_ms": latency, "threshold_ms": max_latency_ms},
+                           f"latency {latency} ms over {max_latency_ms} ms" if slow else None)
+
+    async def query(sql: str) -> dict[str, Any]:
+        async with db.pool.connection(timeout, clean=True) as con:
+            row = await con.fetchrow(sql)
+        return dict(row) if row else {}
+
+    async def server() -> CheckResult:
+        data = await query(_SERVER_SQL)
+        data["role"] = "replica" if data.pop("in_recovery") else "primary"
+        used, limit = data["connections_used"], data["max_connections"]
+        busy = used >= 0.9 * limit
+        return CheckResult("degraded" if busy else "ok", 0, data,
+                           f"{used} of {limit} connections in use" if busy else None)
+
+    async def database() -> CheckResult:
+        return CheckResult("ok", 0, await query(_DATABASE_SQL))
+
+    async def migrations() -> CheckResult:
+        return await _migration_check(db, Path(migrations_dir or "migrations"), timeout)
+
+    def cached(name: str, fn: Callable[[], Awaitable[CheckResult]]) -> Callable[[], Awaitable[CheckResult]]:
+        async def run() -> CheckResult:
+            hit = cache.get(name)
+            if hit and time.monotonic() - hit[0] < cache_seconds:
+                return hit[1]
+            result = await fn()
+            cache[name] = (time.monotonic(), result)
+            return result
+        return run
+
+    checks: dict[str, Callable[[], Awaitable[CheckResult]]] = {"ping": ping}
+    if kind in ("ready", "full"):
+        if migrations_dir is not None:
+            checks["migrations"] = cached("migrations", migrations)
+    if kind == "full":
+        checks["server"] = cached("server", server)
+        checks["database"] = cached("database", database)
+    names = list(checks)
+    results = await asyncio.gather(*(_timed(n, timeout, checks[n]) for n in names))
+    by_name = dict(zip(names, results, strict=True))
+    pool = db.pool.stats().as_dict() if db.pool.is_open else {}
+    by_name["pool"] = CheckResult("ok" if db.pool.is_open else "down", 0, pool,
+                                  None if db.pool.is_open else "pool is closed")
+    status: Status = "ok"
+    reasons: list[str] = []
+    for name, r in by_name.items():
+        if _RANK[r.status] > _RANK[status]:
+            status = r.status
+        if r.status != "ok":
+            reasons.append(f"{name}: {r.error or r.status}")
+    if by_name["ping"].status == "down":
+        status = "down"
+    report = HealthReport(status, datetime.now(UTC).isoformat(), by_name, reasons)
+    if db.metrics is not None:
+        db.metrics.observe_health(report)
+    return report
+
+
+async def _migration_check(db: Database, directory: Path, timeout: float) -> CheckResult:
+    from ..migrate import AppliedMigration, Migrator, load_directory
+
+    files = load_directory(directory)
+    repeatables = load_directory(directory / "repeatable", repeatable=True)
+    async with db.pool.connection(timeout, clean=True) as con:
+        present = await con.fetchval("SELECT to_regprocedure('pgaccess.migration_versions()') IS NOT NULL")
+        rows = await con.fetch(
+            "SELECT version, kind, checksum FROM pgaccess.migration_versions() WHERE scope = 'shared'"
+        ) if present else []
+    applied = [AppliedMigration("shared", r["version"], "", r["kind"], r["checksum"], None, 0, "")
+               for r in rows]
+    status = Migrator._compare(applied, files, repeatables)
+    versioned = sorted((a.version for a in applied if a.kind != "repeatable"), key=int)
+    data = {
+        "latest_applied": versioned[-1] if versioned else None,
+        "latest_on_disk": files[-1].version if files else None,
+        "pending": len(status.pending) + len(status.repeatable_pending),
+        "pending_versions": [f.version for f in status.pending + status.repeatable_pending],
+        "drift": [f"{d.version}: {d.reason}" for d in status.drift],
+    }
+    problems = []
+    if data["pending"]:
+        problems.append(f"{data['pending']} migration(s) pending ({', '.join(data['pending_versions'])})")
+    if status.drift:
+        problems.append("checksum drift: " + "; ".join(data["drift"]))
+    return CheckResult("degraded" if problems else "ok", 0, data, "; ".join(problems) or None)
+
+
+__all__ = ["CheckResult", "HealthReport", "check"]

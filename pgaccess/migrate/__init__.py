@@ -37,7 +37,8 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 BOOKKEEPING = """
 CREATE SCHEMA IF NOT EXISTS pgaccess;
-REVOKE ALL ON SCHEMA pgaccess FROM PUBLIC;
+-- Other roles may call the narrow function below, never read the tables themselves.
+GRANT USAGE ON SCHEMA pgaccess TO PUBLIC;
 CREATE TABLE IF NOT EXISTS pgaccess.schema_migrations (
     scope       text NOT NULL,
     version     text NOT NULL,
@@ -56,6 +57,11 @@ CREATE TABLE IF NOT EXISTS pgaccess.migration_progress (
     statements_done integer NOT NULL,
     PRIMARY KEY (scope, version)
 );
+-- Versions and checksums only (no who/when), for health checks run as the app role.
+CREATE OR REPLACE FUNCTION pgaccess.migration_versions()
+    RETURNS TABLE (scope text, version text, kind text, checksum text)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog
+    AS $fn$ SELECT scope, version, kind, checksum FROM pgaccess.schema_migrations $fn$;
 """
 
 
@@ -313,7 +319,7 @@ class Migrator:
     async def _has_bookkeeping(con: asyncpg.Connection) -> bool:
         return bool(
             await con.fetchval(
-                "SELECT to_regclass('pgaccess.migration_progress') IS NOT NULL"
+                "SELECT to_regprocedure('pgaccess.migration_versions()') IS NOT NULL"
             )
         )
 
