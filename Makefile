@@ -15,7 +15,7 @@ test: setup
 	$(MAKE) --no-print-directory lint
 
 lint:
-	.venv/bin/ruff check pgaccess tests seeders
+	.venv/bin/ruff check pgaccess tests seeders examples
 	.venv/bin/mypy pgaccess
 
 check: test

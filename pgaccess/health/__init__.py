@@ -88,7 +88,7 @@ async def _timed(name: str, timeout: float, fn: Callable[[], Awaitable[CheckResu
     except TimeoutError:
         return CheckResult("down" if name == "ping" else "degraded",
                            _ms(start), error=f"timed out after {timeout:g}s")
-    except Exception as exc:  # noqa: BLE001 - a health check reports, it never raises
+    except Exception as exc:  # a health check reports, it never raises
         return CheckResult("down" if name == "ping" else "degraded", _ms(start),
                            error=f"{type(exc).__name__}: {exc}")
     result.duration_ms = _ms(start)
@@ -144,16 +144,16 @@ async def check(
         async def run() -> CheckResult:
             hit = cache.get(name)
             if hit and time.monotonic() - hit[0] < cache_seconds:
-                return hit[1]
+                cached_result: CheckResult = hit[1]
+                return cached_result
             result = await fn()
             cache[name] = (time.monotonic(), result)
             return result
         return run
 
     checks: dict[str, Callable[[], Awaitable[CheckResult]]] = {"ping": ping}
-    if kind in ("ready", "full"):
-        if migrations_dir is not None:
-            checks["migrations"] = cached("migrations", migrations)
+    if kind in ("ready", "full") and migrations_dir is not None:
+        checks["migrations"] = cached("migrations", migrations)
     if kind == "full":
         checks["server"] = cached("server", server)
         checks["database"] = cached("database", database)
@@ -192,18 +192,20 @@ async def _migration_check(db: Database, directory: Path, timeout: float) -> Che
                for r in rows]
     status = Migrator._compare(applied, files, repeatables)
     versioned = sorted((a.version for a in applied if a.kind != "repeatable"), key=int)
-    data = {
+    pending = [f.version for f in status.pending + status.repeatable_pending]
+    drift = [f"{d.version}: {d.reason}" for d in status.drift]
+    data: dict[str, Any] = {
         "latest_applied": versioned[-1] if versioned else None,
         "latest_on_disk": files[-1].version if files else None,
-        "pending": len(status.pending) + len(status.repeatable_pending),
-        "pending_versions": [f.version for f in status.pending + status.repeatable_pending],
-        "drift": [f"{d.version}: {d.reason}" for d in status.drift],
+        "pending": len(pending),
+        "pending_versions": pending,
+        "drift": drift,
     }
     problems = []
-    if data["pending"]:
-        problems.append(f"{data['pending']} migration(s) pending ({', '.join(data['pending_versions'])})")
-    if status.drift:
-        problems.append("checksum drift: " + "; ".join(data["drift"]))
+    if pending:
+        problems.append(f"{len(pending)} migration(s) pending ({', '.join(pending)})")
+    if drift:
+        problems.append("checksum drift: " + "; ".join(drift))
     return CheckResult("degraded" if problems else "ok", 0, data, "; ".join(problems) or None)
 
 
