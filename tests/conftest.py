@@ -17,3 +17,15 @@ def own_cluster() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture
+async def empty_dsn(pg_dsn: str):  # type: ignore[no-untyped-def]
+    """Owner DSN of a new, empty database (dropped afterwards)."""
+    from pgaccess.config import with_database
+    from pgaccess.testing import _admin_exec, _unique, drop_database
+
+    name = _unique("pgaccess_empty")
+    await _admin_exec(pg_dsn, f'CREATE DATABASE "{name}"')
+    yield with_database(pg_dsn, name)
+    await drop_database(pg_dsn, name)

@@ -530,11 +530,16 @@ class Migrator:
         start: float,
     ) -> None:
         statements = split_statements(f.sql)
-        done = await con.fetchval(
-            "SELECT statements_done FROM pgaccess.migration_progress "
-            "WHERE scope = $1 AND version = $2 AND checksum = $3",
-            scope, f.version, f.checksum,
-        ) or 0
+        progress = await con.fetchrow(
+            "SELECT statements_done, checksum FROM pgaccess.migration_progress "
+            "WHERE scope = $1 AND version = $2",
+            scope, f.version,
+        )
+        done = 0
+        # Resume only if the statements already run are unchanged (the failing one and those
+        # after it may have been fixed since).
+        if progress and progress["checksum"] == _prefix_checksum(statements, progress["statements_done"]):
+            done = progress["statements_done"]
         if done:
             self.echo(f"resuming {f.version} {f.name} after statement {done}/{len(statements)}")
         if schema:
@@ -558,7 +563,7 @@ class Migrator:
                 "INSERT INTO pgaccess.migration_progress (scope, version, checksum, statements_done) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT (scope, version) DO UPDATE "
                 "SET checksum = EXCLUDED.checksum, statements_done = EXCLUDED.statements_done",
-                scope, f.version, f.checksum, index,
+                scope, f.version, _prefix_checksum(statements, index), index,
             )
         async with con.transaction():
             await self._record(con, f, scope, start)
@@ -674,6 +679,10 @@ class Migrator:
             return await rls_lint(con)
         finally:
             await con.close()
+
+
+def _prefix_checksum(statements: list[Any], count: int) -> str:
+    return checksum("\n;\n".join(st.text for st in statements[:count]))
 
 
 def _duration(value: str) -> str:
