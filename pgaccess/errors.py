@@ -160,6 +160,8 @@ def from_asyncpg(exc: BaseException, query: str | None = None) -> PgAccessError:
     """Translate an asyncpg/OS exception into the pgaccess type; the caller raises it ``from``."""
     if isinstance(exc, PgAccessError):
         return exc
+    if isinstance(exc, asyncpg.DataError):
+        return ParameterError(f"a parameter has the wrong type or value for {query or 'the query'}: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate: str | None = getattr(exc, "sqlstate", None)
         message = str(exc)

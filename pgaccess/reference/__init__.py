@@ -9,7 +9,7 @@ tenants have fixed ids and domains: Acme ``...0001`` (acme.localhost), Globex ``
 from uuid import UUID
 
 from .repositories import ProjectRepository, TenantRepository, UserRepository
-from .rows import Project, ProjectCountsByStatusRow, Tenant, User
+from .rows import Project, ProjectCount, Tenant, User
 
 ACME_ID = UUID("00000000-0000-4000-8000-000000000001")
 GLOBEX_ID = UUID("00000000-0000-4000-8000-000000000002")
@@ -27,7 +27,7 @@ __all__ = [
     "INITECH_ID",
     "SEEDED_TENANTS",
     "Project",
-    "ProjectCountsByStatusRow",
+    "ProjectCount",
     "ProjectRepository",
     "Tenant",
     "TenantRepository",

@@ -6,7 +6,7 @@ from typing import Any
 from uuid import UUID
 
 from ..repository import BaseRepository, TenantAwareRepository
-from .rows import Project, ProjectCountsByStatusRow, Tenant, User
+from .rows import Project, ProjectCount, Tenant, User
 
 
 class TenantRepository(BaseRepository[Tenant]):
@@ -65,6 +65,6 @@ class ProjectRepository(TenantAwareRepository[Project]):
     async def search_by_name(self, prefix: str, limit: int = 50) -> list[Project]:
         return await self.query("search_projects_by_name", prefix=prefix, lim=limit)
 
-    async def counts_by_status(self) -> list[ProjectCountsByStatusRow]:
+    async def counts_by_status(self) -> list[ProjectCount]:
         records = await self.uow.db.queries.call(self.uow, "project_counts_by_status", {})
-        return [ProjectCountsByStatusRow(*r) for r in records]
+        return [ProjectCount(*r) for r in records]
