@@ -160,7 +160,10 @@ def from_asyncpg(exc: BaseException, query: str | None = None) -> PgAccessError:
     """Translate an asyncpg/OS exception into the pgaccess type; the caller raises it ``from``."""
     if isinstance(exc, PgAccessError):
         return exc
-    if isinstance(exc, asyncpg.DataError):
+    if (isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)) or (
+        type(exc) is asyncpg.DataError and str(exc).startswith("invalid input for query argument")
+    ):
+        # asyncpg could not encode a parameter: nothing reached the server
         return ParameterError(f"a parameter has the wrong type or value for {query or 'the query'}: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate: str | None = getattr(exc, "sqlstate", None)

@@ -96,6 +96,18 @@ class PoolStats:
         return asdict(self)
 
 
+def _json_encode(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value).encode()  # jsonb's binary format: version 1, then text
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
 _TRANSIENT_SQLSTATES = ("57P03", "53300", "53000", "08001", "08004", "08006")
 
 
@@ -214,10 +226,13 @@ class Pool:
             self._lost += 1
 
     async def _init_connection(self, con: asyncpg.Connection) -> None:
+        # Binary codecs, so jsonb also works with COPY (binary) and bulk inserts.
         await con.set_type_codec(
-            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
         )
-        await con.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await con.set_type_codec(
+            "json", encoder=_json_encode, decoder=json.loads, schema="pg_catalog", format="binary"
+        )
 
     async def _reset(self, con: asyncpg.Connection) -> None:
         assert isinstance(con, Connection)

@@ -31,7 +31,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import asyncpg
 
@@ -233,11 +233,12 @@ class BaseRepository(Generic[Row]):
         columns: Sequence[str] | None = None,
         *,
         skip_existing: bool = False,
+        method: Literal["auto", "unnest", "copy"] = "auto",
     ) -> int:
         """Insert many rows in one statement (unnest) or, for big batches, through COPY into
         a temporary table and one INSERT ... SELECT (PostgreSQL refuses COPY straight into a
         table under RLS). ``skip_existing`` adds ``ON CONFLICT DO NOTHING`` (idempotent
-        loads). Returns the number of rows inserted."""
+        loads). ``method`` forces one path. Returns the number of rows inserted."""
         if not rows:
             return 0
         data = [self._values(r) for r in rows]
@@ -248,7 +249,7 @@ class BaseRepository(Generic[Row]):
             raise ParameterError(f"insert_many: a row lacks column {exc}; every row needs {names}") from None
         types = await self._column_types()
         conflict = " ON CONFLICT DO NOTHING" if skip_existing else ""
-        if len(records) >= COPY_THRESHOLD:
+        if method == "copy" or (method == "auto" and len(records) >= COPY_THRESHOLD):
             return await self._insert_via_copy(names, records, types, conflict)
         casts = ", ".join(f"${i + 1}::{types[c]}[]" for i, c in enumerate(names))
         cols = ", ".join(ident(c) for c in names)
