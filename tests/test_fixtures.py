@@ -1,0 +1,104 @@
+"""The pytest fixtures themselves: isolation, rollback mode, and use from another project."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+from pgaccess import Database
+from pgaccess.reference import ProjectRepository
+
+MARKER = "written-by-an-earlier-test"
+
+
+async def test_1_a_test_writes(db: Database, tenant: uuid.UUID) -> None:
+    async with db.transaction(tenant=tenant) as uow:
+        await uow.repo(ProjectRepository).insert(name=MARKER)
+
+
+async def test_2_the_next_test_does_not_see_it(db: Database, tenant: uuid.UUID) -> None:
+    async with db.transaction(tenant=tenant) as uow:
+        assert await uow.repo(ProjectRepository).find_where(name=MARKER) == []
+        assert await uow.repo(ProjectRepository).count() == 20  # seeded template state
+
+
+async def test_3_db_tx_writes(db_tx: Database, tenant: uuid.UUID) -> None:
+    async with db_tx.transaction(tenant=tenant) as uow:
+        await uow.repo(ProjectRepository).insert(name=MARKER)
+    async with db_tx.transaction(tenant=tenant) as uow:  # visible within the test
+        assert len(await uow.repo(ProjectRepository).find_where(name=MARKER)) == 1
+    async with db_tx.transaction() as uow:  # RLS still applies in db_tx
+        assert await uow.fetchval("SELECT count(*) FROM projects") == 0
+
+
+async def test_4_db_tx_rolled_back(db_tx: Database, tenant: uuid.UUID) -> None:
+    async with db_tx.transaction(tenant=tenant) as uow:
+        assert await uow.repo(ProjectRepository).find_where(name=MARKER) == []
+        assert await uow.fetchval("SELECT current_user") == "pgaccess_app"
+
+
+def test_fixtures_in_a_project_outside_the_package(tmp_path: Path, pg_dsn: str) -> None:
+    (tmp_path / "db" / "migrations").mkdir(parents=True)
+    (tmp_path / "db" / "seeders").mkdir()
+    (tmp_path / "db" / "migrations" / "0001_roles.sql").write_text(Path("migrations/0001_roles_and_tenants.sql").read_text())
+    (tmp_path / "db" / "migrations" / "0002_notes.sql").write_text(textwrap.dedent("""
+        CREATE TABLE notes (tenant_id uuid NOT NULL REFERENCES tenants (id), id serial,
+                            body text NOT NULL, PRIMARY KEY (tenant_id, id));
+        ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+        CREATE POLICY guard ON notes AS RESTRICTIVE TO pgaccess_app
+            USING (tenant_id = (SELECT app.current_tenant_id()));
+        CREATE POLICY access ON notes TO pgaccess_app USING (tenant_id = (SELECT app.current_tenant_id()));
+        CREATE POLICY system ON notes TO pgaccess_admin USING (true);
+        GRANT SELECT, INSERT ON notes TO pgaccess_app, pgaccess_admin;
+        GRANT USAGE ON SEQUENCE notes_id_seq TO pgaccess_app, pgaccess_admin;
+    """))
+    (tmp_path / "db" / "seeders" / "notes.py").write_text(textwrap.dedent("""
+        import uuid
+        from pgaccess.seed import Seeder
+
+        T = uuid.UUID("11111111-1111-4111-8111-111111111111")
+
+        class Notes(Seeder):
+            async def seed(self, uow):
+                await uow.execute("INSERT INTO tenants (id, name, domain) VALUES ($1, 'n', 'n.test')", T)
+                async with uow.scoped_tenant(T):
+                    await uow.execute("INSERT INTO notes (tenant_id, body) VALUES ($1, 'hello')", T)
+    """))
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent("""
+        [tool.pytest.ini_options]
+        asyncio_mode = "auto"
+        asyncio_default_fixture_loop_scope = "function"
+        pgaccess_migrations = "db/migrations"
+        pgaccess_seeders = "db/seeders"
+        pgaccess_sql = "db/sql"
+    """))
+    (tmp_path / "test_notes.py").write_text(textwrap.dedent("""
+        import uuid
+        T = uuid.UUID("11111111-1111-4111-8111-111111111111")
+
+        async def test_seeded_and_isolated(db):
+            async with db.transaction(tenant=T) as uow:
+                assert await uow.fetchval("SELECT body FROM notes") == "hello"
+                await uow.execute("INSERT INTO notes (tenant_id, body) VALUES ($1, 'more')", T)
+            async with db.transaction() as uow:
+                assert await uow.fetchval("SELECT count(*) FROM notes") == 0
+
+        async def test_fresh_database(db):
+            async with db.transaction(tenant=T) as uow:
+                assert await uow.fetchval("SELECT count(*) FROM notes") == 1
+
+        async def test_rollback_mode(db_tx):
+            async with db_tx.transaction(tenant=T) as uow:
+                await uow.execute("INSERT INTO notes (tenant_id, body) VALUES ($1, 'tx')", T)
+                assert await uow.fetchval("SELECT count(*) FROM notes") == 2
+    """))
+    env = {**os.environ, "PGACCESS_TEST_DSN": pg_dsn}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 passed" in r.stdout
