@@ -15,7 +15,7 @@ test: setup
 	$(MAKE) --no-print-directory lint
 
 lint:
-	.venv/bin/ruff check pgaccess tests seeders examples
+	.venv/bin/ruff check pgaccess tests seeders examples bench
 	.venv/bin/mypy pgaccess
 	.venv/bin/python -m pgaccess.queries check --rows pgaccess.reference.rows
 	.venv/bin/python -m pgaccess.queries check --offline --rows pgaccess.reference.rows

@@ -1,0 +1,578 @@
+"""pgaccess benchmarks, side by side with raw asyncpg, aiosql, SQLAlchemy and psycopg.
+
+    python -m bench                 # full run on a throwaway cluster (a few minutes)
+    python -m bench --smoke         # tiny data, one short round: CI runs this so it cannot rot
+    python -m bench --dsn URL       # against your server (a superuser DSN; creates a database)
+    python -m bench --out bench/RESULTS.md
+
+Every table shows ops/s, p50 and p99 and the ratio to the hand-written raw-asyncpg RLS floor
+measured in the same run (implementations run interleaved, round by round). No assertions:
+numbers are reported, never tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+
+from pgaccess import Database, Settings
+from pgaccess.config import with_database, with_user
+from pgaccess.migrate import Migrator
+from pgaccess.reference import ProjectRepository, TenantRepository
+from pgaccess.seed import SeedRunner, discover_seeders
+from pgaccess.testing import (
+    Project,
+    RollbackDatabase,
+    _admin_exec,
+    build_template,
+    clone_database,
+    drop_database,
+    start_test_server,
+)
+
+from .proxy import RoundTripProxy
+
+Op = Callable[[int], Awaitable[Any]]
+COLS = "tenant_id, id, owner_id, name, status, metadata, created_at, updated_at"
+FLOOR = "asyncpg RLS floor"
+
+
+@dataclass
+class Result:
+    impl: str
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    ops: int = 0
+    round_trips: float | None = None
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def pct(self, p: float) -> float:
+        if not self.latencies:
+            return 0.0
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, int(p * len(data)))] * 1000
+
+
+@dataclass
+class Env:
+    owner_dsn: str
+    socket: str | None
+    tenants: list[uuid.UUID]
+    projects: dict[uuid.UUID, list[uuid.UUID]]
+    domains: list[str]
+    smoke: bool
+
+
+async def run_burst(op: Op, concurrency: int, seconds: float, result: Result, offset: int) -> None:
+    stop = time.perf_counter() + seconds
+    counter = offset
+
+    async def worker() -> None:
+        nonlocal counter
+        while time.perf_counter() < stop:
+            counter += 1
+            start = time.perf_counter()
+            await op(counter)
+            result.latencies.append(time.perf_counter() - start)
+            result.ops += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.seconds += time.perf_counter() - start
+
+
+# -- implementations -------------------------------------------------------------------
+
+
+async def noop_reset(con: asyncpg.Connection) -> None:
+    return None
+
+
+async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict[str, Op]], Callable[[], Awaitable[None]]]:
+    """Per workload, per implementation, an async op(i). ``dsn`` is the owner DSN to use."""
+    app, admin = with_user(dsn, "pgaccess_app"), with_user(dsn, "pgaccess_admin")
+    settings = Settings(min_size=pool_size, max_size=pool_size, acquire_timeout=30)
+    db = await Database(settings, dsn=app, admin_dsn=admin, sql_dir="sql").open()
+    floor = await asyncpg.create_pool(app, min_size=pool_size, max_size=pool_size, reset=noop_reset)
+    plain = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)  # owner: no RLS
+    closers: list[Callable[[], Awaitable[Any]]] = [db.close, floor.close, plain.close]
+    tenants, projects, domains = env.tenants, env.projects, env.domains
+
+    def pick(i: int) -> tuple[uuid.UUID, uuid.UUID]:
+        t = tenants[i % len(tenants)]
+        ids = projects[t]
+        return t, ids[(i * 7919) % len(ids)]
+
+    by_id = f"SELECT {COLS} FROM projects WHERE id = $1"
+    by_id_where = f"SELECT {COLS} FROM projects WHERE tenant_id = $1 AND id = $2"
+    page = f"SELECT {COLS} FROM projects ORDER BY created_at, id LIMIT 50"
+    page_where = f"SELECT {COLS} FROM projects WHERE tenant_id = $1 ORDER BY created_at, id LIMIT 50"
+    insert = "INSERT INTO projects (tenant_id, name) VALUES ($1, $2) RETURNING id"
+
+    async def floor_tx(t: uuid.UUID, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        async with floor.acquire() as con:
+            await con.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{t}', true)")
+            try:
+                out = await fn(con)
+            except BaseException:
+                await con.execute("ROLLBACK")
+                raise
+            await con.execute("COMMIT")
+            return out
+
+    # W1 ---------------------------------------------------------------------------------
+    async def w1_pga(i: int) -> Any:
+        t, p = pick(i)
+        async with db.transaction(tenant=t) as uow:
+            return await uow.repo(ProjectRepository).find_by_id(p)
+
+    async def w1_floor(i: int) -> Any:
+        t, p = pick(i)
+        return await floor_tx(t, lambda con: con.fetchrow(by_id, p))
+
+    async def w1_plain(i: int) -> Any:
+        t, p = pick(i)
+        return await plain.fetchrow(by_id_where, t, p)
+
+    impls: dict[str, dict[str, Op]] = {
+        "W1 point lookup": {"pgaccess": w1_pga, FLOOR: w1_floor, "asyncpg no RLS (WHERE)": w1_plain},
+        "W2 first page of 50": {},
+        "W3 insert one": {},
+        "W6 find_by_domain": {},
+    }
+
+    # W2 ---------------------------------------------------------------------------------
+    async def w2_pga(i: int) -> Any:
+        t, _ = pick(i)
+        async with db.transaction(tenant=t, readonly=True) as uow:
+            return await uow.repo(ProjectRepository).find_page(limit=50)
+
+    async def w2_floor(i: int) -> Any:
+        t, _ = pick(i)
+        return await floor_tx(t, lambda con: con.fetch(page))
+
+    async def w2_plain(i: int) -> Any:
+        t, _ = pick(i)
+        return await plain.fetch(page_where, t)
+
+    impls["W2 first page of 50"] = {"pgaccess": w2_pga, FLOOR: w2_floor, "asyncpg no RLS (WHERE)": w2_plain}
+
+    # W3 ---------------------------------------------------------------------------------
+    async def w3_pga(i: int) -> Any:
+        t, _ = pick(i)
+        async with db.transaction(tenant=t) as uow:
+            return await uow.repo(ProjectRepository).insert(name=f"w3-{i}")
+
+    async def w3_floor(i: int) -> Any:
+        t, _ = pick(i)
+        return await floor_tx(t, lambda con: con.fetchval(insert, t, f"w3-{i}"))
+
+    async def w3_plain(i: int) -> Any:
+        t, _ = pick(i)
+        async with plain.acquire() as con, con.transaction():
+            return await con.fetchval(insert, t, f"w3-{i}")
+
+    impls["W3 insert one"] = {"pgaccess": w3_pga, FLOOR: w3_floor, "asyncpg no RLS (WHERE)": w3_plain}
+
+    # W6 ---------------------------------------------------------------------------------
+    async def w6_pga(i: int) -> Any:
+        async with db.transaction(readonly=True) as uow:
+            return await uow.repo(TenantRepository).find_by_domain(domains[i % len(domains)])
+
+    async def w6_floor(i: int) -> Any:
+        async with floor.acquire() as con:
+            return await con.fetchrow("SELECT * FROM tenants WHERE domain = $1", domains[i % len(domains)])
+
+    impls["W6 find_by_domain"] = {"pgaccess": w6_pga, FLOOR: w6_floor}
+
+    # Other libraries (same SQL, tenant filter in WHERE, no RLS: they have no tenancy) ----
+    try:
+        import aiosql
+
+        q = aiosql.from_str(
+            f"-- name: get(tenant_id, id)^\n{by_id_where.replace('$1', ':tenant_id').replace('$2', ':id')};\n"
+            f"-- name: page(tenant_id)\n{page_where.replace('$1', ':tenant_id')};\n",
+            "asyncpg",
+        )
+
+        async def w1_aiosql(i: int) -> Any:
+            t, p = pick(i)
+            return await q.get(plain, tenant_id=t, id=p)
+
+        async def w2_aiosql(i: int) -> Any:
+            t, _ = pick(i)
+            return [r async for r in q.page(plain, tenant_id=t)]
+
+        impls["W1 point lookup"]["aiosql (WHERE)"] = w1_aiosql
+        impls["W2 first page of 50"]["aiosql (WHERE)"] = w2_aiosql
+    except ImportError:
+        pass
+    try:
+        import psycopg_pool
+
+        conninfo = _conninfo(dsn)
+        ppool = psycopg_pool.AsyncConnectionPool(conninfo, min_size=pool_size, max_size=pool_size, open=False)
+        await ppool.open(wait=True)
+        closers.append(ppool.close)
+        sql1 = by_id_where.replace("$1", "%s").replace("$2", "%s")
+        sql2 = page_where.replace("$1", "%s")
+
+        async def w1_psycopg(i: int) -> Any:
+            t, p = pick(i)
+            async with ppool.connection() as con:
+                cur = await con.execute(sql1, (t, p))
+                return await cur.fetchone()
+
+        async def w2_psycopg(i: int) -> Any:
+            t, _ = pick(i)
+            async with ppool.connection() as con:
+                cur = await con.execute(sql2, (t,))
+                return await cur.fetchall()
+
+        impls["W1 point lookup"]["psycopg 3 (WHERE)"] = w1_psycopg
+        impls["W2 first page of 50"]["psycopg 3 (WHERE)"] = w2_psycopg
+    except ImportError:
+        pass
+    try:
+        sa = await _sqlalchemy(dsn, pool_size)
+        closers.append(sa["close"])
+
+        async def w1_sa(i: int) -> Any:
+            t, p = pick(i)
+            return await sa["get"](t, p)
+
+        async def w2_sa(i: int) -> Any:
+            t, _ = pick(i)
+            return await sa["page"](t)
+
+        impls["W1 point lookup"]["SQLAlchemy 2 ORM (WHERE)"] = w1_sa
+        impls["W2 first page of 50"]["SQLAlchemy 2 ORM (WHERE)"] = w2_sa
+    except ImportError:
+        pass
+
+    async def close() -> None:
+        for c in closers:
+            await c()
+
+    return impls, close
+
+
+def _conninfo(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    host = query.get("host") or parts.hostname or "localhost"
+    port = query.get("port") or str(parts.port or 5432)
+    return f"host={host} port={port} user={parts.username} dbname={parts.path.lstrip('/')}"
+
+
+async def _sqlalchemy(dsn: str, pool_size: int) -> dict[str, Any]:
+    from .sa_models import make
+
+    parts = urlsplit(dsn)
+    netloc = parts.netloc if parts.hostname else f"{parts.username}@"
+    return make(f"postgresql+asyncpg://{netloc}/{parts.path.lstrip('/')}?{parts.query}", pool_size)
+
+
+# -- measurements ----------------------------------------------------------------------
+
+
+async def measure_workloads(env: Env, rounds: int, burst: float) -> list[tuple[str, int, list[Result]]]:
+    impls, close = await make_impls(env, env.owner_dsn, pool_size=10)
+    out: list[tuple[str, int, list[Result]]] = []
+    try:
+        for workload, ops in impls.items():
+            for concurrency in (1, 16):
+                results = {name: Result(name) for name in ops}
+                for name, op in ops.items():  # warm-up
+                    await run_burst(op, concurrency, min(0.2, burst), Result(name), 0)
+                for r in range(rounds):
+                    for name, op in ops.items():  # interleaved: every impl once per round
+                        await run_burst(op, concurrency, burst, results[name], r * 1_000_000)
+                out.append((workload, concurrency, list(results.values())))
+                print(render_table(workload, concurrency, list(results.values())), flush=True)
+    finally:
+        await close()
+    return out
+
+
+async def count_round_trips(env: Env, n: int) -> dict[tuple[str, str], float]:
+    """Round trips per operation (concurrency 1) through the counting proxy."""
+    if env.socket is None:
+        return {}
+    proxy = await RoundTripProxy(env.socket).start()
+    parts = urlsplit(env.owner_dsn)
+    dsn = f"postgresql://{parts.username}@127.0.0.1:{proxy.port}{parts.path}"
+    impls, close = await make_impls(env, dsn, pool_size=1)
+    counts: dict[tuple[str, str], float] = {}
+    try:
+        for workload, ops in impls.items():
+            for name, op in ops.items():
+                await op(0)  # warm (prepare statements)
+                before = proxy.round_trips
+                for i in range(n):
+                    await op(i + 1)
+                counts[(workload, name)] = (proxy.round_trips - before) / n
+    finally:
+        await close()
+        await proxy.stop()
+    return counts
+
+
+async def measure_bulk(env: Env, rows: int, reps: int) -> list[tuple[str, float]]:
+    """W4: seconds to insert ``rows`` projects, several ways."""
+    app = with_user(env.owner_dsn, "pgaccess_app")
+    admin = with_user(env.owner_dsn, "pgaccess_admin")
+    db = await Database(Settings(min_size=1, max_size=2), dsn=app, admin_dsn=admin, sql_dir="sql").open()
+    t = env.tenants[0]
+    data = [{"name": f"bulk-{i}", "status": "paused"} for i in range(rows)]
+    results: dict[str, list[float]] = {}
+
+    async def timed(name: str, fn: Callable[[], Awaitable[Any]]) -> None:
+        start = time.perf_counter()
+        await fn()
+        results.setdefault(name, []).append(time.perf_counter() - start)
+
+    async def pga(method: str, system: bool) -> None:
+        ctx = db.transaction(system=True, reason="bench") if system else db.transaction(tenant=t)
+        async with ctx as uow:
+            rows_ = [{"tenant_id": t, **r} for r in data] if system else data
+            await uow.repo(ProjectRepository).insert_many(rows_, method=method)  # type: ignore[arg-type]
+
+    async def executemany() -> None:
+        con = await asyncpg.connect(app)
+        try:
+            await con.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{t}', true)")
+            await con.executemany("INSERT INTO projects (tenant_id, name, status) VALUES ($1, $2, $3)",
+                                  [(t, r["name"], r["status"]) for r in data])
+            await con.execute("COMMIT")
+        finally:
+            await con.close()
+
+    async def raw_copy() -> None:
+        con = await asyncpg.connect(env.owner_dsn)  # superuser: RLS does not apply
+        try:
+            await con.copy_records_to_table("projects", records=[(t, r["name"], r["status"]) for r in data],
+                                            columns=["tenant_id", "name", "status"])
+        finally:
+            await con.close()
+
+    try:
+        for _ in range(reps):
+            await timed("asyncpg executemany, row by row (RLS)", executemany)
+            await timed("pgaccess insert_many unnest (RLS)", lambda: pga("unnest", False))
+            await timed("pgaccess insert_many COPY->temp->INSERT (RLS)", lambda: pga("copy", False))
+            await timed("pgaccess insert_many system context (admin, auto)", lambda: pga("auto", True))
+            await timed("asyncpg copy_records_to_table (owner, no RLS)", raw_copy)
+    finally:
+        await db.close()
+    return [(name, statistics.median(v)) for name, v in results.items()]
+
+
+async def measure_operations(server_dsn: str, smoke: bool) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    project = Project(Path("migrations"), Path("sql"), Path("seeders"))
+    tpl = f"bench_tpl_{os.getpid()}"
+    await build_template(server_dsn, project, tpl, "test")
+    times = [await clone_database(server_dsn, tpl, f"bench_clone_{i}") for i in range(5 if smoke else 20)]
+    for i in range(len(times)):
+        await drop_database(server_dsn, f"bench_clone_{i}")
+    out.append(("per-test database clone from template (median)", f"{statistics.median(times):.1f} ms"))
+
+    shared = f"bench_shared_{os.getpid()}"
+    await clone_database(server_dsn, tpl, shared)
+    tx_times = []
+    for _ in range(5 if smoke else 50):
+        start = time.perf_counter()
+        rdb = RollbackDatabase(with_database(server_dsn, shared), project)
+        await rdb.open()
+        async with rdb.transaction():
+            pass
+        await rdb.close()
+        tx_times.append((time.perf_counter() - start) * 1000)
+    out.append(("rollback-per-test fixture overhead (db_tx, median)", f"{statistics.median(tx_times):.1f} ms"))
+    await drop_database(server_dsn, shared)
+
+    n_schemas = 20 if smoke else 200
+    sdb = f"bench_schemas_{os.getpid()}"
+    await _admin_exec(server_dsn, f'CREATE DATABASE "{sdb}"')
+    m = Migrator(with_database(server_dsn, sdb), "migrations", echo=lambda _: None)
+    await m.up()
+    for _ in range(n_schemas):
+        await m.provision_tenant(uuid.uuid4())
+    status_times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        await m.status()
+        status_times.append((time.perf_counter() - start) * 1000)
+    out.append((f"migrate status with {n_schemas} tenant schemas (median)", f"{statistics.median(status_times):.1f} ms"))
+    await drop_database(server_dsn, sdb)
+
+    scale = 5 if smoke else 1000
+    seed_db = f"bench_seed_{os.getpid()}"
+    await _admin_exec(server_dsn, f'CREATE DATABASE "{seed_db}"')
+    owner = with_database(server_dsn, seed_db)
+    await Migrator(owner, "migrations", echo=lambda _: None).up()
+    async with Database(Settings(min_size=0), dsn=with_user(owner, "pgaccess_app"),
+                        admin_dsn=with_user(owner, "pgaccess_admin"), sql_dir="sql") as db:
+        start = time.perf_counter()
+        await SeedRunner(db, discover_seeders("seeders"), env="test", scale=scale).run()
+        seconds = time.perf_counter() - start
+    out.append((f"seeding {scale * 1000 + 60:,} rows (--scale {scale})", f"{seconds:.2f} s"))
+    await drop_database(server_dsn, seed_db)
+    await _admin_exec(server_dsn, f'ALTER DATABASE "{tpl}" IS_TEMPLATE false')
+    await drop_database(server_dsn, tpl)
+
+    from pgaccess.pool import Pool
+
+    n = 2000 if smoke else 20000
+    async with Pool(Settings(min_size=1, max_size=1), server_dsn) as pool:
+        start = time.perf_counter()
+        for _ in range(n):
+            con = await pool.acquire(clean=True)
+            await pool.release(con)
+        ours = (time.perf_counter() - start) / n * 1e6
+    apool = await asyncpg.create_pool(server_dsn, min_size=1, max_size=1)
+    start = time.perf_counter()
+    for _ in range(n // 10):
+        con = await apool.acquire()
+        await apool.release(con)
+    theirs = (time.perf_counter() - start) / (n // 10) * 1e6
+    await apool.close()
+    out.append(("pool acquire+release, pgaccess (clean, no reset round trip)", f"{ours:.1f} µs"))
+    out.append(("pool acquire+release, asyncpg default (RESET round trip)", f"{theirs:.1f} µs"))
+    return out
+
+
+# -- setup and report ------------------------------------------------------------------
+
+
+async def prepare(server_dsn: str, socket: str | None, tenants: int, smoke: bool) -> Env:
+    name = f"bench_{os.getpid()}"
+    await _admin_exec(server_dsn, f'CREATE DATABASE "{name}"')
+    owner = with_database(server_dsn, name)
+    await Migrator(owner, "migrations", echo=lambda _: None).up()
+    async with Database(Settings(min_size=0), dsn=with_user(owner, "pgaccess_app"),
+                        admin_dsn=with_user(owner, "pgaccess_admin"), sql_dir="sql") as db:
+        await SeedRunner(db, discover_seeders("seeders"), env="test", scale=tenants).run()
+    con = await asyncpg.connect(owner)
+    try:
+        await con.execute("ANALYZE")
+        rows = await con.fetch("SELECT t.id, t.domain FROM tenants t WHERE domain LIKE 'scale-%' ORDER BY domain")
+        ids = [r["id"] for r in rows]
+        projects: dict[uuid.UUID, list[uuid.UUID]] = {t: [] for t in ids}
+        for r in await con.fetch("SELECT tenant_id, id FROM projects WHERE tenant_id = ANY($1)", ids):
+            projects[r["tenant_id"]].append(r["id"])
+    finally:
+        await con.close()
+    return Env(owner, socket, ids, projects, [r["domain"] for r in rows], smoke)
+
+
+def render_table(workload: str, concurrency: int, results: list[Result],
+                 trips: dict[tuple[str, str], float] | None = None) -> str:
+    base = next((r for r in results if r.impl == FLOOR), results[0])
+    lines = [f"\n### {workload} - concurrency {concurrency}\n",
+             "| implementation | ops/s | p50 ms | p99 ms | ratio to floor | round trips |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        rt = (trips or {}).get((workload, r.impl))
+        lines.append(f"| {r.impl} | {r.ops_per_s:,.0f} | {r.pct(0.5):.3f} | {r.pct(0.99):.3f} | "
+                     f"{r.ops_per_s / base.ops_per_s if base.ops_per_s else 0:.2f} | "
+                     f"{'' if rt is None else f'{rt:.1f}'} |")
+    return "\n".join(lines)
+
+
+def machine_notes(server_version: str) -> str:
+    libs = []
+    for lib in ("asyncpg", "aiosql", "SQLAlchemy", "psycopg", "psycopg-pool", "structlog", "tenacity"):
+        try:
+            libs.append(f"{lib} {metadata.version(lib)}")
+        except metadata.PackageNotFoundError:
+            libs.append(f"{lib} (not installed)")
+    return (f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}\n"
+            f"- PostgreSQL: {server_version} (throwaway cluster, unix socket, fsync=off)\n"
+            f"- libraries: {', '.join(libs)}\n")
+
+
+async def main_async(args: argparse.Namespace) -> str:
+    server = None
+    if args.dsn:
+        server_dsn, socket = args.dsn, None
+        q = parse_qs(urlsplit(args.dsn).query)
+        if "host" in q and q["host"][0].startswith("/"):
+            socket = f"{q['host'][0]}/.s.PGSQL.{q.get('port', ['5432'])[0]}"
+    else:
+        server = start_test_server()
+        server_dsn = server.dsn
+        socket = str(server.cluster.socket_dir / ".s.PGSQL.5432") if server.cluster else None
+    try:
+        con = await asyncpg.connect(server_dsn)
+        version = await con.fetchval("SHOW server_version")
+        await con.close()
+        smoke = args.smoke
+        tenants = 3 if smoke else 100
+        print(f"preparing {tenants} tenants x 1,000 projects ...", flush=True)
+        env = await prepare(server_dsn, socket, tenants, smoke)
+        trips = await count_round_trips(env, 20 if smoke else 200)
+        tables = await measure_workloads(env, rounds=1 if smoke else args.rounds, burst=0.1 if smoke else args.burst)
+        bulk = await measure_bulk(env, 2_000 if smoke else 50_000, 1 if smoke else 3)
+        ops = await measure_operations(server_dsn, smoke)
+        await drop_database(server_dsn, urlsplit(env.owner_dsn).path.lstrip("/"))
+    finally:
+        if server is not None:
+            server.stop()
+    report = ["# pgaccess benchmark results\n", machine_notes(version),
+              f"- run: `python -m bench{' --smoke' if args.smoke else ''}`; {args.rounds if not args.smoke else 1} "
+              f"interleaved rounds of {args.burst if not args.smoke else 0.1}s per implementation; "
+              "latencies over all rounds; ratio = ops/s divided by the raw-asyncpg RLS floor's\n"]
+    for workload, concurrency, results in tables:
+        report.append(render_table(workload, concurrency, results, trips))
+    report.append("\n### W4 bulk insert of "
+                  f"{2_000 if args.smoke else 50_000:,} projects (median seconds)\n")
+    report.append("| method | seconds | rows/s |\n| --- | ---: | ---: |")
+    n = 2_000 if args.smoke else 50_000
+    report += [f"| {name} | {s:.3f} | {n / s:,.0f} |" for name, s in bulk]
+    report.append("\n### Operational figures\n\n| what | value |\n| --- | ---: |")
+    report += [f"| {k} | {v} |" for k, v in ops]
+    return "\n".join(report) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dsn", help="superuser DSN of a server to use (default: a throwaway cluster)")
+    p.add_argument("--smoke", action="store_true", help="tiny data, one short round (CI)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--burst", type=float, default=1.0, help="seconds per implementation per round")
+    p.add_argument("--out", help="also write the markdown report here")
+    args = p.parse_args()
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    report = asyncio.run(main_async(args))
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
