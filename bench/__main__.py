@@ -32,6 +32,7 @@ import asyncpg
 from pgaccess import Database, Settings
 from pgaccess.config import with_database, with_user
 from pgaccess.migrate import Migrator
+from pgaccess.pool import init_json_codecs
 from pgaccess.reference import ProjectRepository, TenantRepository
 from pgaccess.seed import SeedRunner, discover_seeders
 from pgaccess.testing import (
@@ -110,8 +111,11 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
     app, admin = with_user(dsn, "pgaccess_app"), with_user(dsn, "pgaccess_admin")
     settings = Settings(min_size=pool_size, max_size=pool_size, acquire_timeout=30)
     db = await Database(settings, dsn=app, admin_dsn=admin, sql_dir="sql").open()
-    floor = await asyncpg.create_pool(app, min_size=pool_size, max_size=pool_size, reset=noop_reset)
-    plain = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)  # owner: no RLS
+    # Same decoding work for every asyncpg-based implementation: jsonb as Python objects.
+    floor = await asyncpg.create_pool(app, min_size=pool_size, max_size=pool_size, reset=noop_reset,
+                                      init=init_json_codecs)
+    plain = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size,  # owner: no RLS
+                                      init=init_json_codecs)
     closers: list[Callable[[], Awaitable[Any]]] = [db.close, floor.close, plain.close]
     tenants, projects, domains = env.tenants, env.projects, env.domains
 
@@ -124,7 +128,7 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
     by_id_where = f"SELECT {COLS} FROM projects WHERE tenant_id = $1 AND id = $2"
     page = f"SELECT {COLS} FROM projects ORDER BY created_at, id LIMIT 50"
     page_where = f"SELECT {COLS} FROM projects WHERE tenant_id = $1 ORDER BY created_at, id LIMIT 50"
-    insert = "INSERT INTO projects (tenant_id, name) VALUES ($1, $2) RETURNING id"
+    insert = f"INSERT INTO projects (tenant_id, name) VALUES ($1, $2) RETURNING {COLS}"
 
     async def floor_tx(t: uuid.UUID, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         async with floor.acquire() as con:
@@ -182,12 +186,12 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
 
     async def w3_floor(i: int) -> Any:
         t, _ = pick(i)
-        return await floor_tx(t, lambda con: con.fetchval(insert, t, f"w3-{i}"))
+        return await floor_tx(t, lambda con: con.fetchrow(insert, t, f"w3-{i}"))
 
     async def w3_plain(i: int) -> Any:
         t, _ = pick(i)
         async with plain.acquire() as con, con.transaction():
-            return await con.fetchval(insert, t, f"w3-{i}")
+            return await con.fetchrow(insert, t, f"w3-{i}")
 
     impls["W3 insert one"] = {"pgaccess": w3_pga, FLOOR: w3_floor, "asyncpg no RLS (WHERE)": w3_plain}
 

@@ -73,6 +73,8 @@ class Database:
         self.metrics = metrics
         # Column types of tables, read once from the catalogue (repository bulk inserts).
         self.column_types: dict[str, dict[str, str]] = {}
+        # BEGIN strings by (tenant, isolation, readonly, deferrable, timeout): built once.
+        self.begin_statements: dict[tuple[Any, ...], str] = {}
         # Recent results of the expensive health checks (see pgaccess.health).
         self.health_cache: dict[str, tuple[float, Any]] = {}
 

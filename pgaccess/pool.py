@@ -100,12 +100,26 @@ def _json_encode(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+def _json_decode(data: bytes) -> Any:
+    return json.loads(data.decode())  # str input skips json's encoding detection
+
+
 def _jsonb_encode(value: Any) -> bytes:
     return b"\x01" + json.dumps(value).encode()  # jsonb's binary format: version 1, then text
 
 
 def _jsonb_decode(data: bytes) -> Any:
-    return json.loads(data[1:])
+    return json.loads(data[1:].decode())
+
+
+async def init_json_codecs(con: asyncpg.Connection) -> None:
+    """json/jsonb as Python objects, in binary format (so COPY works with them too)."""
+    await con.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
+    await con.set_type_codec(
+        "json", encoder=_json_encode, decoder=_json_decode, schema="pg_catalog", format="binary"
+    )
 
 
 _TRANSIENT_SQLSTATES = ("57P03", "53300", "53000", "08001", "08004", "08006")
@@ -226,13 +240,7 @@ class Pool:
             self._lost += 1
 
     async def _init_connection(self, con: asyncpg.Connection) -> None:
-        # Binary codecs, so jsonb also works with COPY (binary) and bulk inserts.
-        await con.set_type_codec(
-            "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
-        )
-        await con.set_type_codec(
-            "json", encoder=_json_encode, decoder=json.loads, schema="pg_catalog", format="binary"
-        )
+        await init_json_codecs(con)
 
     async def _reset(self, con: asyncpg.Connection) -> None:
         assert isinstance(con, Connection)
@@ -264,7 +272,15 @@ class Pool:
         start = time.perf_counter()
         self._waiting += 1
         try:
-            proxy = await pool.acquire(timeout=timeout)
+            queue = getattr(pool, "_queue", None)
+            if queue is not None and not queue.empty():
+                # A free holder is waiting: taking it never blocks (a reconnect is bounded by
+                # connect_timeout), so skip the timer. This is the hot path.
+                proxy = await pool.acquire()
+            else:
+                # asyncio.timeout, not acquire(timeout=): asyncpg's wait_for spawns a task.
+                async with asyncio.timeout(timeout):
+                    proxy = await pool.acquire()
         except TimeoutError:
             self._timeouts += 1
             stats = self.stats()
@@ -319,7 +335,7 @@ class Pool:
         pool = self._pool
         if pool is None:
             return
-        await pool.release(con, timeout=self.settings.acquire_timeout)
+        await pool.release(con)
 
     @asynccontextmanager
     async def connection(

@@ -77,7 +77,9 @@ class BaseRepository(Generic[Row]):
     order_by: ClassVar[tuple[str, ...]] = ("id",)
 
     _columns: ClassVar[tuple[str, ...]]
+    _column_set: ClassVar[frozenset[str]]
     _sql: ClassVar[dict[str, str]]
+    _shape_cache: ClassVar[dict[tuple[str, tuple[str, ...]], str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -86,6 +88,7 @@ class BaseRepository(Generic[Row]):
         if not dataclasses.is_dataclass(cls.row):
             raise TypeError(f"{cls.__name__}.row must be a dataclass (got {cls.row!r})")
         cls._columns = tuple(f.name for f in dataclasses.fields(cls.row))
+        cls._column_set = frozenset(cls._columns)
         for name in (cls.key, *cls.order_by):
             if name not in cls._columns:
                 raise TypeError(f"{cls.__name__}: {name!r} is not a field of {cls.row.__name__}")
@@ -95,6 +98,7 @@ class BaseRepository(Generic[Row]):
         order = ", ".join(ident(c) for c in cls.order_by)
         n = len(cls.order_by)
         after = ", ".join(f"${i + 1}" for i in range(n))
+        cls._shape_cache = {}
         cls._sql = {
             "find_by_id": f"SELECT {cols} FROM {table} WHERE {key} = $1",
             "find_by_ids": f"SELECT {cols} FROM {table} WHERE {key} = ANY($1)",
@@ -120,7 +124,7 @@ class BaseRepository(Generic[Row]):
 
     def _check_columns(self, names: Iterable[str], what: str) -> list[str]:
         names = list(names)
-        unknown = [n for n in names if n not in self._columns]
+        unknown = [n for n in names if n not in self._column_set]
         if unknown:
             raise ParameterError(
                 f"{type(self).__name__}.{what}: unknown column(s) {unknown}; "
@@ -130,6 +134,29 @@ class BaseRepository(Generic[Row]):
 
     def _run_name(self, op: str) -> str:
         return f"{type(self).__name__}.{op}"
+
+    @classmethod
+    def _shaped_sql(cls, kind: str, names: tuple[str, ...]) -> str:
+        """SQL for ``kind`` over the column ``names``, generated once per shape."""
+        key = (kind, names)
+        sql = cls._shape_cache.get(key)
+        if sql is not None:
+            return sql
+        table, cols = ident(cls.table), ", ".join(ident(c) for c in cls._columns)
+        order = ", ".join(ident(c) for c in cls.order_by)
+        if kind == "insert":
+            params = ", ".join(f"${i + 1}" for i in range(len(names)))
+            sql = (f"INSERT INTO {table} ({', '.join(ident(c) for c in names)}) VALUES ({params}) "
+                   f"RETURNING {cols}")
+        elif kind == "update":
+            sets = ", ".join(f"{ident(c)} = ${i + 2}" for i, c in enumerate(names))
+            sql = f"UPDATE {table} SET {sets} WHERE {ident(cls.key)} = $1 RETURNING {cols}"
+        else:  # find_where
+            where = " AND ".join(f"{ident(n)} = ${i + 1}" for i, n in enumerate(names)) or "true"
+            sql = f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {order} LIMIT ${len(names) + 1}"
+        if len(cls._shape_cache) < 1024:
+            cls._shape_cache[key] = sql
+        return sql
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -188,12 +215,7 @@ class BaseRepository(Generic[Row]):
     async def find_where(self, limit: int = 1000, **equals: Any) -> list[Row]:
         """Rows whose columns equal the given values, in ``order_by`` order."""
         names = self._check_columns(equals, "find_where")
-        where = " AND ".join(f"{ident(n)} = ${i + 1}" for i, n in enumerate(names)) or "true"
-        sql = (
-            f"SELECT {', '.join(ident(c) for c in self._columns)} FROM {ident(self.table)} "
-            f"WHERE {where} ORDER BY {', '.join(ident(c) for c in self.order_by)} "
-            f"LIMIT ${len(names) + 1}"
-        )
+        sql = self._shaped_sql("find_where", tuple(names))
         records = await self.uow._run("fetch", sql, (*equals.values(), limit),
                                       self._run_name("find_where"))
         return self._rows(records)
@@ -218,10 +240,7 @@ class BaseRepository(Generic[Row]):
         """Insert one row; returns it as stored (defaults filled in)."""
         data = self._values({**(values or {}), **kw})
         names = self._check_columns(data, "insert")
-        cols = ", ".join(ident(c) for c in names)
-        params = ", ".join(f"${i + 1}" for i in range(len(names)))
-        sql = (f"INSERT INTO {ident(self.table)} ({cols}) VALUES ({params}) "
-               f"RETURNING {', '.join(ident(c) for c in self._columns)}")
+        sql = self._shaped_sql("insert", tuple(names))
         rec = await self.uow._run("fetchrow", sql, tuple(data.values()), self._run_name("insert"))
         row = self._row(rec)
         assert row is not None
@@ -296,9 +315,7 @@ class BaseRepository(Generic[Row]):
         names = self._check_columns(data, "update")
         if not names:
             raise ParameterError("update: give at least one column to set")
-        sets = ", ".join(f"{ident(c)} = ${i + 2}" for i, c in enumerate(names))
-        sql = (f"UPDATE {ident(self.table)} SET {sets} WHERE {ident(self.key)} = $1 "
-               f"RETURNING {', '.join(ident(c) for c in self._columns)}")
+        sql = self._shaped_sql("update", tuple(names))
         rec = await self.uow._run("fetchrow", sql, (key, *data.values()), self._run_name("update"))
         return self._row(rec)
 

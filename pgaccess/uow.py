@@ -423,10 +423,15 @@ class TransactionContext:
             self.db, pool, tenant=tenant, system=self.system,
             isolation=self.isolation, readonly=self.readonly,
         )
-        statement = begin_statement(
-            self.isolation, self.readonly, self.deferrable, tenant,
-            self.db.settings.tenant_setting, self.timeout, self.db.tenant_set_local,
-        )
+        key = (tenant, self.isolation, self.readonly, self.deferrable, self.timeout)
+        statement = self.db.begin_statements.get(key)
+        if statement is None:
+            statement = begin_statement(
+                self.isolation, self.readonly, self.deferrable, tenant,
+                self.db.settings.tenant_setting, self.timeout, self.db.tenant_set_local,
+            )
+            if len(self.db.begin_statements) < 10_000:
+                self.db.begin_statements[key] = statement
         await uow._begin(statement, self.acquire_timeout)
         self._uow = uow
         self._token = _active.set(uow)
