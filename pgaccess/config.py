@@ -34,6 +34,7 @@ _ENV: dict[str, str] = {
     "slow_query_ms": "PGACCESS_SLOW_QUERY_MS",
     "statement_cache_size": "PGACCESS_STATEMENT_CACHE_SIZE",
     "tenant_setting": "PGACCESS_TENANT_SETTING",
+    "tenant_signing_key": "PGACCESS_TENANT_SIGNING_KEY",
 }
 
 
@@ -57,6 +58,8 @@ class Settings:
     slow_query_ms: float = 200.0
     statement_cache_size: int = 100
     tenant_setting: str = "app.tenant_id"
+    # Hex key for the signed tenant context (migration 0003); None: plain tenant ids.
+    tenant_signing_key: str | None = field(default=None, repr=False)
     server_settings: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,6 +94,15 @@ class Settings:
                 f"{_ENV['application_name']} must be 1..63 characters, "
                 f"got {self.application_name!r}"
             )
+        if self.tenant_signing_key is not None:
+            try:
+                if len(bytes.fromhex(self.tenant_signing_key)) < 16:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(
+                    f"{_ENV['tenant_signing_key']} must be at least 16 bytes as hex "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+                ) from None
         if self.tenant_setting.count(".") != 1 or not all(
             part.isidentifier() for part in self.tenant_setting.split(".")
         ):
@@ -111,6 +123,17 @@ class Settings:
             values[f.name] = _parse(f.name, var, source[var], f.default)
         values.update(overrides)
         return cls(**values)
+
+    def tenant_value(self, tenant: Any) -> str:
+        """What goes into the tenant setting: the uuid, signed when a key is configured."""
+        text = str(tenant)
+        if self.tenant_signing_key is None:
+            return text
+        import hashlib
+        import hmac
+
+        key = bytes.fromhex(self.tenant_signing_key)
+        return f"{text}.{hmac.new(key, text.encode(), hashlib.sha256).hexdigest()}"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -339,7 +339,7 @@ class _PinnedUnitOfWork(UnitOfWork):
         self._task = asyncio.current_task()
         self._savepoints += 1
         role = ADMIN_ROLE if self.system else APP_ROLE
-        tenant = "" if self.tenant is None else str(self.tenant)
+        tenant = "" if self.tenant is None else db.settings.tenant_value(self.tenant)
         assert self._con is not None
         await self._con.execute(
             f"SAVEPOINT pgaccess_test_tx; SET LOCAL ROLE {role}; "

@@ -71,11 +71,13 @@ def begin_statement(
     tenant_setting: str,
     timeout: float | None,
     use_set_local: bool = False,
+    tenant_value: str | None = None,
 ) -> str:
     """The one simple-query string that opens a unit of work.
 
-    The tenant id is a validated ``uuid.UUID`` whose ``str()`` is 36 hex digits and dashes,
-    so it is safe to inline; it is never taken from unvalidated input.
+    The tenant id is a validated ``uuid.UUID`` whose ``str()`` is 36 hex digits and dashes
+    (plus ``.`` and a hex signature when signing), so it is safe to inline; it is never
+    taken from unvalidated input.
     """
     try:
         level = _ISOLATION_SQL[isolation]
@@ -90,10 +92,12 @@ def begin_statement(
             parts[0] += " DEFERRABLE"
     if tenant is not None:
         assert isinstance(tenant, UUID)
+        value = tenant_value or str(tenant)
+        assert all(c in "0123456789abcdef-." for c in value)
         if use_set_local:
-            parts.append(f"SET LOCAL {tenant_setting} = '{tenant}'")
+            parts.append(f"SET LOCAL {tenant_setting} = '{value}'")
         else:
-            parts.append(f"SELECT set_config('{tenant_setting}', '{tenant}', true)")
+            parts.append(f"SELECT set_config('{tenant_setting}', '{value}', true)")
     if timeout is not None:
         parts.append(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
     return "; ".join(parts)
@@ -328,8 +332,9 @@ class TenantScope:
 
     async def __aenter__(self) -> UnitOfWork:
         con = self.uow._check()
-        setting = self.uow.db.settings.tenant_setting
-        await con.execute(f"SELECT set_config('{setting}', '{self.tenant}', true)")
+        settings = self.uow.db.settings
+        value = settings.tenant_value(self.tenant)
+        await con.execute(f"SELECT set_config('{settings.tenant_setting}', '{value}', true)")
         self.uow.tenant = self.tenant
         return self.uow
 
@@ -426,9 +431,11 @@ class TransactionContext:
         key = (tenant, self.isolation, self.readonly, self.deferrable, self.timeout)
         statement = self.db.begin_statements.get(key)
         if statement is None:
+            settings = self.db.settings
             statement = begin_statement(
                 self.isolation, self.readonly, self.deferrable, tenant,
-                self.db.settings.tenant_setting, self.timeout, self.db.tenant_set_local,
+                settings.tenant_setting, self.timeout, self.db.tenant_set_local,
+                None if tenant is None else settings.tenant_value(tenant),
             )
             if len(self.db.begin_statements) < 10_000:
                 self.db.begin_statements[key] = statement

@@ -38,7 +38,7 @@ async def test_full_report_against_a_migrated_database(db: Database) -> None:
                 "conflicts", "size_bytes", "longest_transaction_s", "idle_in_transaction"):
         assert key in stats
     assert stats["size_bytes"] > 1_000_000
-    assert c["migrations"].data["latest_applied"] == c["migrations"].data["latest_on_disk"] == "0002"
+    assert c["migrations"].data["latest_applied"] == c["migrations"].data["latest_on_disk"] == "0003"
     assert c["pool"].data["max_size"] == 10
     assert report.exit_code == 0
 
@@ -55,12 +55,12 @@ async def test_idle_in_transaction_and_long_transaction_are_reported(db: Databas
 async def test_pending_and_drifted_migrations_mean_degraded(db: Database, tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree("migrations", migrations)
-    (migrations / "0003_more.sql").write_text("CREATE TABLE more (id int);\n")
+    (migrations / "0099_more.sql").write_text("CREATE TABLE more (id int);\n")
     report = await check(db, migrations_dir=migrations)
     assert report.status == "degraded"
-    assert report.checks["migrations"].data["pending_versions"] == ["0003"]
+    assert report.checks["migrations"].data["pending_versions"] == ["0099"]
     assert any("pending" in r for r in report.reasons)
-    (migrations / "0003_more.sql").unlink()
+    (migrations / "0099_more.sql").unlink()
     with (migrations / "0002_users_and_projects.sql").open("a") as fh:
         fh.write("\n-- edited after it was applied\n")
     report = await check(db, migrations_dir=migrations, cache_seconds=0)
