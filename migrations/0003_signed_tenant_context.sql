@@ -29,7 +29,8 @@ BEGIN
         RETURN raw::uuid;
     END IF;
     tenant := split_part(raw, '.', 1);
-    IF encode(public.hmac(tenant, signing_key, 'sha256'), 'hex') IS DISTINCT FROM split_part(raw, '.', 2) THEN
+    IF encode(public.hmac(convert_to(tenant, 'UTF8'), signing_key, 'sha256'), 'hex')
+            IS DISTINCT FROM split_part(raw, '.', 2) THEN
         RAISE EXCEPTION 'tenant context signature is missing or invalid'
             USING ERRCODE = '42501',
                   HINT = 'set the tenant through pgaccess with PGACCESS_TENANT_SIGNING_KEY configured';

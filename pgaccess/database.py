@@ -25,7 +25,7 @@ from tenacity import (
 )
 
 from .config import Settings
-from .errors import ConfigError, TransientError
+from .errors import ConfigError, ConnectError, ConnectionLost, PoolTimeout, TransientError
 from .log import get_logger
 from .pool import Pool
 from .queries import QuerySet, load_queries
@@ -153,14 +153,20 @@ class Database:
         reason: str | None = None,
         isolation: Isolation = "read_committed",
         readonly: bool = False,
+        idempotent: bool = False,
         **kwargs: Any,
     ) -> T:
         """Run ``await fn(uow, *args, **kwargs)`` in a unit of work, re-running the whole of
         it on serialization failure or deadlock (never on other errors), up to ``retries``
-        extra times with jittered exponential backoff."""
+        extra times with jittered exponential backoff. ``idempotent=True`` also re-runs it
+        when the connection is lost or the pool cannot connect - only safe when running the
+        function twice does no harm (its commit may have happened before the loss)."""
+        retryable: tuple[type[BaseException], ...] = (TransientError,)
+        if idempotent:
+            retryable += (ConnectionLost, ConnectError, PoolTimeout)
         result: T | None = None
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception_type(retryable),
             stop=stop_after_attempt(retries + 1),
             wait=wait_exponential_jitter(multiplier=0.01, max=0.5, jitter=0.05),
             before_sleep=_log_retry,

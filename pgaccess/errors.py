@@ -186,7 +186,7 @@ def from_asyncpg(exc: BaseException, query: str | None = None) -> PgAccessError:
             table=getattr(exc, "table_name", None),
             query=query,
         )
-    if isinstance(exc, (asyncpg.InterfaceError, ConnectionError, OSError)):
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, ConnectionError, OSError)):
         return ConnectionLost(
             f"connection lost: {exc}; whether the last statement committed is unknown",
             query=query,

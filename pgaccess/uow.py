@@ -25,8 +25,9 @@ from uuid import UUID
 
 import asyncpg
 
-from .errors import PgAccessError, TransactionError, from_asyncpg
+from .errors import ConnectionLost, PgAccessError, TransactionError, from_asyncpg
 from .log import get_logger, log_query
+from .pool import raw_connection
 from .tenancy import TenantContext, parse_tenant_id
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from .repository import BaseRepository
 
 log = get_logger("uow")
+
+# What the driver raises: server errors, client/protocol errors, and socket errors.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 _ISOLATION_SQL = {
@@ -127,6 +131,7 @@ class UnitOfWork:
         self._state: Literal["new", "active", "done"] = "new"
         self._on_commit: list[Callable[[], Awaitable[Any] | Any]] = []
         self._savepoints = 0
+        self._broken = False  # the connection failed mid-operation: never reuse it
         self._slow_ms = db.settings.slow_query_ms
         self._log_all = db.log_queries
 
@@ -173,8 +178,10 @@ class UnitOfWork:
         start = time.perf_counter()
         try:
             result = await getattr(con, method)(sql, *args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except _DRIVER_ERRORS as exc:
             err = from_asyncpg(exc, name or sql.strip().splitlines()[0][:80])
+            if isinstance(err, ConnectionLost):
+                self._broken = True
             log_query(name or _first_line(sql), _ms(start), self._slow_ms, error=err)
             raise err from exc
         duration = _ms(start)
@@ -214,7 +221,7 @@ class UnitOfWork:
         start = time.perf_counter()
         try:
             await con.executemany(sql, args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise from_asyncpg(exc, name or _first_line(sql)) from exc
         duration = _ms(start)
         if self._log_all or duration >= self._slow_ms:
@@ -230,7 +237,7 @@ class UnitOfWork:
             return await con.copy_records_to_table(
                 table, records=records, columns=list(columns), schema_name=schema
             )
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise from_asyncpg(exc, f"COPY {table}") from exc
 
     # -- named queries and repositories ---------------------------------------------------
@@ -278,7 +285,7 @@ class UnitOfWork:
             await self._con.execute(statement)
         except BaseException as exc:
             await self._discard()
-            if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            if isinstance(exc, _DRIVER_ERRORS):
                 raise from_asyncpg(exc, "BEGIN") from exc
             raise
         self._state = "active"
@@ -288,7 +295,7 @@ class UnitOfWork:
         self._state = "done"
         try:
             await con.execute("COMMIT")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except _DRIVER_ERRORS as exc:
             await self._discard()
             raise from_asyncpg(exc, "COMMIT") from exc
         await self._release()
@@ -302,12 +309,19 @@ class UnitOfWork:
         self._state = "done"
         if con is None:
             return
+        raw = raw_connection(con)
+        if raw is None:  # asyncpg already took it back when the connection closed
+            self._con = None
+            return
+        if self._broken:
+            await self._discard()
+            return
         try:
-            if not con.is_closed() and con.is_in_transaction():
+            if not raw.is_closed() and raw.is_in_transaction():
                 await con.execute("ROLLBACK")
         except BaseException:
             # A broken or cancelled connection: terminate it, the pool opens a new one.
-            con.terminate()
+            raw.terminate()
         await self._release()
 
     async def _release(self) -> None:
@@ -316,10 +330,12 @@ class UnitOfWork:
             await self.pool.release(con)
 
     async def _discard(self) -> None:
+        """Terminate the connection (it may be mid-operation) and give its slot back."""
         con, self._con = self._con, None
         self._state = "done"
-        if con is not None:
-            con.terminate()
+        raw = raw_connection(con) if con is not None else None
+        if raw is not None:
+            raw.terminate()
             await self.pool.release(con)
 
 
@@ -368,7 +384,7 @@ class Savepoint:
                 await con.execute(f"RELEASE SAVEPOINT {self.name}")
             else:
                 await con.execute(f"ROLLBACK TO SAVEPOINT {self.name}")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+        except _DRIVER_ERRORS as err:
             raise from_asyncpg(err, "SAVEPOINT") from err
 
 
@@ -455,9 +471,7 @@ class TransactionContext:
             await uow._commit()
         else:
             await uow._rollback()
-            if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)) and not isinstance(
-                exc, PgAccessError
-            ):
+            if isinstance(exc, _DRIVER_ERRORS) and not isinstance(exc, PgAccessError):
                 raise from_asyncpg(exc) from exc
 
 
