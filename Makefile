@@ -30,7 +30,7 @@ bench-smoke: setup
 	.venv/bin/python -m bench --smoke
 
 reliability: setup
-	PGACCESS_SOAK_SECONDS=180 .venv/bin/python -m pytest -q tests/test_reliability.py
+	PGACCESS_SOAK_SECONDS=180 .venv/bin/python -m pytest -q -s tests/test_reliability.py tests/test_security.py tests/test_fuzz.py
 
 clean:
 	rm -rf .venv .pgaccess .pytest_cache .mypy_cache .ruff_cache

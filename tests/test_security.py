@@ -32,7 +32,7 @@ async def other_ids(db: Database, tenant: uuid.UUID) -> tuple[uuid.UUID, uuid.UU
 
 async def test_hand_written_attacks_through_the_app_role(db: Database, tenant: uuid.UUID,
                                                         other_tenant: uuid.UUID) -> None:
-    theirs, their_user = await other_ids(db, other_tenant)
+    theirs, _their_user = await other_ids(db, other_tenant)
     async with db.transaction(tenant=tenant) as uow:
         # filters naming the other tenant find nothing
         assert await uow.fetchval("SELECT count(*) FROM projects WHERE tenant_id = $1", other_tenant) == 0
