@@ -13,6 +13,7 @@ from role-scoped policies - never the app role with RLS switched off, never ``SE
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from .errors import ConfigError, ConnectError, ConnectionLost, PoolTimeout, Tran
 from .log import get_logger
 from .pool import Pool
 from .queries import QuerySet, load_queries
+from .replicas import ReplicaSet, last_write_at
 from .uow import Isolation, TransactionContext, UnitOfWork
 
 log = get_logger("database")
@@ -50,6 +52,9 @@ class Database:
         log_queries: bool = False,
         tenant_set_local: bool = False,
         metrics: Any = None,
+        replica_dsns: list[str] | None = None,
+        max_replica_lag: float = 5.0,
+        read_your_writes: float = 0.0,
     ) -> None:
         settings = settings or Settings.from_env()
         if dsn is not None or admin_dsn is not None:
@@ -69,8 +74,13 @@ class Database:
             queries = load_queries(sql_dir)
         self._queries = queries
         self.log_queries = log_queries
+        # SET LOCAL instead of set_config() for the tenant (Citus propagates SET LOCAL).
         self.tenant_set_local = tenant_set_local
         self.metrics = metrics
+        self.replicas = (
+            ReplicaSet(settings, replica_dsns, max_lag=max_replica_lag) if replica_dsns else None
+        )
+        self.read_your_writes = read_your_writes
         # Column types of tables, read once from the catalogue (repository bulk inserts).
         self.column_types: dict[str, dict[str, str]] = {}
         # BEGIN strings by (tenant, isolation, readonly, deferrable, timeout): built once.
@@ -84,12 +94,16 @@ class Database:
         await self.pool.open()
         if self._admin_pool is not None:
             await self._admin_pool.open()
+        if self.replicas is not None:
+            await self.replicas.open()
         return self
 
     async def close(self, timeout: float = 10.0) -> None:
         await self.pool.close(timeout)
         if self._admin_pool is not None:
             await self._admin_pool.close(timeout)
+        if self.replicas is not None:
+            await self.replicas.close(timeout)
 
     async def __aenter__(self) -> Database:
         return await self.open()
@@ -114,8 +128,14 @@ class Database:
             )
         return self._admin_pool
 
-    def pool_for(self, *, readonly: bool) -> Pool:
-        return self.pool
+    def pool_for(self, *, readonly: bool, primary: bool = False) -> Pool:
+        """The primary, or for read-only work a healthy replica (unless ``primary`` or this
+        task wrote within ``read_your_writes`` seconds)."""
+        if not readonly or primary or self.replicas is None:
+            return self.pool
+        if self.read_your_writes and time.monotonic() - last_write_at.get() < self.read_your_writes:
+            return self.pool
+        return self.replicas.pick() or self.pool
 
     # -- units of work -------------------------------------------------------------------
 
@@ -130,17 +150,20 @@ class Database:
         deferrable: bool = False,
         timeout: float | None = None,
         acquire_timeout: float | None = None,
+        primary: bool = False,
     ) -> TransactionContext:
         """A unit of work: ``async with db.transaction(tenant=t) as uow:``.
 
         The tenant comes from ``tenant=`` or else from ``TenantContext``. ``system=True``
         runs on the admin pool without a tenant (say why in ``reason=``; it is logged).
-        Inside an open unit of work of the same task this becomes a savepoint.
+        ``readonly=True`` goes to a replica when replicas are configured (``primary=True``
+        keeps it on the primary). Inside an open unit of work of the same task this becomes
+        a savepoint.
         """
         return TransactionContext(
             self, tenant=tenant, system=system, reason=reason, isolation=isolation,
             readonly=readonly, deferrable=deferrable, timeout=timeout,
-            acquire_timeout=acquire_timeout,
+            acquire_timeout=acquire_timeout, primary=primary,
         )
 
     async def run_in_transaction(

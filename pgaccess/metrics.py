@@ -36,6 +36,10 @@ class Metrics:
                                  namespace=namespace, registry=self.registry)
         self.health = Gauge("health_status", "0 ok, 1 degraded, 2 down",
                             namespace=namespace, registry=self.registry)
+        self.replica_lag = Gauge("replica_lag_seconds", "Replay lag per replica (-1: unhealthy)",
+                                 ["replica"], namespace=namespace, registry=self.registry)
+        self.replica_fallbacks = Gauge("replica_fallbacks", "Reads sent to the primary because no "
+                                       "replica was healthy", namespace=namespace, registry=self.registry)
 
     def observe_query(self, name: str, seconds: float) -> None:
         self.query_seconds.labels(name).observe(seconds)
@@ -44,7 +48,12 @@ class Metrics:
         self.health.set(_HEALTH[report.status])
 
     def observe_pools(self, db: Database) -> None:
-        for pool in (db.pool, db._admin_pool):
+        if db.replicas is not None:
+            self.replica_fallbacks.set(db.replicas.fallbacks)
+            for replica in db.replicas.states:
+                lag = replica.lag_s if replica.healthy and replica.lag_s is not None else -1
+                self.replica_lag.labels(replica.name).set(lag)
+        for pool in (db.pool, db._admin_pool, *(db.replicas.pools if db.replicas else [])):
             if pool is None:
                 continue
             s = pool.stats()

@@ -122,6 +122,14 @@ async def init_json_codecs(con: asyncpg.Connection) -> None:
     )
 
 
+# Startup parameters PgBouncer tracks itself; the others it refuses.
+_POOLER_PARAMETERS = {"application_name", "TimeZone", "client_encoding", "DateStyle"}
+
+
+def _pooler_safe(server_settings: Any) -> dict[str, str]:
+    return {k: v for k, v in dict(server_settings or {}).items() if k in _POOLER_PARAMETERS}
+
+
 _TRANSIENT_SQLSTATES = ("57P03", "53300", "53000", "08001", "08004", "08006")
 
 
@@ -174,6 +182,9 @@ class Pool:
         self._retired = 0
         self._full_resets = 0
         self._held: dict[int, Connection] = {}
+        # False once the server (a transaction pooler such as PgBouncer) refused our
+        # startup parameters: timeouts then travel with each BEGIN (see uow).
+        self.session_settings = True
 
     # -- opening -----------------------------------------------------------------------
 
@@ -215,7 +226,7 @@ class Pool:
                     if attempt > 1:
                         log.info("connect_retry", pool=self.name, attempt=attempt)
                     try:
-                        con: Connection = await asyncpg.connect(*args, **kwargs)
+                        con: Connection = await self._connect_once(args, kwargs)
                     except Exception as exc:
                         self._failed += 1
                         if not is_transient_connect_error(exc):
@@ -233,6 +244,23 @@ class Pool:
             con._pga_retire_at = time.monotonic() + lifetime * (1 - 0.2 * random.random())
         con.add_termination_listener(self._on_terminated)
         log.debug("connected", pool=self.name, attempts=attempt)
+        return con
+
+    async def _connect_once(self, args: Any, kwargs: dict[str, Any]) -> Connection:
+        if not self.session_settings:
+            kwargs = {**kwargs, "server_settings": _pooler_safe(kwargs.get("server_settings"))}
+        try:
+            con: Connection = await asyncpg.connect(*args, **kwargs)
+            return con
+        except asyncpg.PostgresError as exc:
+            if "unsupported startup parameter" not in str(exc) or not self.session_settings:
+                raise
+        # PgBouncer (and other poolers) refuse startup parameters they do not track.
+        log.warning("startup_parameters_refused", pool=self.name,
+                    hint="behind a transaction pooler: timeouts are set per transaction instead")
+        self.session_settings = False
+        kwargs = {**kwargs, "server_settings": _pooler_safe(kwargs.get("server_settings"))}
+        con = await asyncpg.connect(*args, **kwargs)
         return con
 
     def _on_terminated(self, con: Any) -> None:

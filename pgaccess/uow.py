@@ -28,6 +28,7 @@ import asyncpg
 from .errors import ConnectionLost, PgAccessError, TransactionError, from_asyncpg
 from .log import get_logger, log_query
 from .pool import raw_connection
+from .replicas import last_write_at
 from .tenancy import TenantContext, parse_tenant_id
 
 if TYPE_CHECKING:
@@ -403,6 +404,7 @@ class TransactionContext:
         deferrable: bool = False,
         timeout: float | None = None,
         acquire_timeout: float | None = None,
+        primary: bool = False,
     ) -> None:
         if isolation not in _ISOLATION_SQL:
             raise TransactionError(
@@ -419,6 +421,7 @@ class TransactionContext:
         self.deferrable = deferrable
         self.timeout = timeout
         self.acquire_timeout = acquire_timeout
+        self.primary = primary
         self._uow: UnitOfWork | None = None
         self._savepoint: Savepoint | None = None
         self._token: Any = None
@@ -439,18 +442,23 @@ class TransactionContext:
             pool = self.db.admin_pool
             log.info("system_transaction", reason=self.reason or "(no reason given)")
         else:
-            pool = self.db.pool_for(readonly=self.readonly)
+            pool = self.db.pool_for(readonly=self.readonly, primary=self.primary)
         uow = UnitOfWork(
             self.db, pool, tenant=tenant, system=self.system,
             isolation=self.isolation, readonly=self.readonly,
         )
-        key = (tenant, self.isolation, self.readonly, self.deferrable, self.timeout)
+        # Behind a transaction pooler the timeouts cannot be startup parameters: send them
+        # with BEGIN instead (same round trip).
+        timeout = self.timeout
+        if timeout is None and not pool.session_settings:
+            timeout = self.db.settings.statement_timeout
+        key = (tenant, self.isolation, self.readonly, self.deferrable, timeout)
         statement = self.db.begin_statements.get(key)
         if statement is None:
             settings = self.db.settings
             statement = begin_statement(
                 self.isolation, self.readonly, self.deferrable, tenant,
-                settings.tenant_setting, self.timeout, self.db.tenant_set_local,
+                settings.tenant_setting, timeout, self.db.tenant_set_local,
                 None if tenant is None else settings.tenant_value(tenant),
             )
             if len(self.db.begin_statements) < 10_000:
@@ -469,6 +477,8 @@ class TransactionContext:
         _active.reset(self._token)
         if exc_type is None:
             await uow._commit()
+            if not self.readonly:
+                last_write_at.set(time.monotonic())
         else:
             await uow._rollback()
             if isinstance(exc, _DRIVER_ERRORS) and not isinstance(exc, PgAccessError):

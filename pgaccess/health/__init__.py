@@ -163,6 +163,14 @@ async def check(
     pool = db.pool.stats().as_dict() if db.pool.is_open else {}
     by_name["pool"] = CheckResult("ok" if db.pool.is_open else "down", 0, pool,
                                   None if db.pool.is_open else "pool is closed")
+    if db.replicas is not None:
+        for state in db.replicas.states:
+            by_name[f"replica:{state.name}"] = CheckResult(
+                "ok" if state.healthy else "degraded", 0,
+                {"dsn": state.dsn, "lag_s": state.lag_s, "max_lag_s": db.replicas.max_lag,
+                 "reads_fell_back_to_primary": db.replicas.fallbacks},
+                state.error,
+            )
     status: Status = "ok"
     reasons: list[str] = []
     for name, r in by_name.items():

@@ -291,6 +291,15 @@ class Migrator:
         lock_con = await self._connect()
         deadline = time.monotonic() + self.lock_wait
         try:
+            # A transaction pooler hands each transaction to any server connection, so a
+            # session advisory lock would not hold. PgBouncer gives clients a made-up backend
+            # pid: if it differs from the server's own, refuse.
+            if lock_con.get_server_pid() != await lock_con.fetchval("SELECT pg_backend_pid()"):
+                raise MigrationError(
+                    "this connection goes through a connection pooler (e.g. PgBouncer in "
+                    "transaction mode): the migration lock cannot work there. Run migrations "
+                    "over a direct connection to PostgreSQL"
+                )
             while True:
                 try:
                     got = await lock_con.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY)
