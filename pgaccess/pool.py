@@ -253,11 +253,12 @@ class Pool:
             con: Connection = await asyncpg.connect(*args, **kwargs)
             return con
         except asyncpg.PostgresError as exc:
-            if "unsupported startup parameter" not in str(exc) or not self.session_settings:
+            if "unsupported startup parameter" not in str(exc):
                 raise
         # PgBouncer (and other poolers) refuse startup parameters they do not track.
-        log.warning("startup_parameters_refused", pool=self.name,
-                    hint="behind a transaction pooler: timeouts are set per transaction instead")
+        if self.session_settings:
+            log.warning("startup_parameters_refused", pool=self.name,
+                        hint="behind a transaction pooler: timeouts are set per transaction instead")
         self.session_settings = False
         kwargs = {**kwargs, "server_settings": _pooler_safe(kwargs.get("server_settings"))}
         con = await asyncpg.connect(*args, **kwargs)

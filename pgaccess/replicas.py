@@ -27,7 +27,7 @@ LAG_SQL = """
 SELECT pg_is_in_recovery() AS in_recovery,
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
        END::float8 AS lag_s
 """
 
@@ -97,7 +97,10 @@ class ReplicaSet:
             state.healthy, state.lag_s, state.error = False, None, "not a replica (not in recovery)"
             return
         state.lag_s = row["lag_s"]
-        state.healthy = state.lag_s is not None and state.lag_s <= self.max_lag
+        if state.lag_s is None:  # behind, and nothing replayed yet to date the gap by
+            state.healthy, state.error = False, "behind the primary, lag unknown"
+            return
+        state.healthy = state.lag_s <= self.max_lag
         state.error = None if state.healthy else f"lag {state.lag_s:.1f}s over {self.max_lag:g}s"
 
     def pick(self) -> Pool | None:

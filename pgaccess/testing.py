@@ -28,7 +28,7 @@ import itertools
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,7 +332,7 @@ class RollbackDatabase(Database):
 
 
 class _PinnedUnitOfWork(UnitOfWork):
-    async def _begin(self, statement: str, acquire_timeout: float | None) -> None:
+    async def _begin(self, statement: Callable[[], str], acquire_timeout: float | None) -> None:
         db = self.db
         assert isinstance(db, RollbackDatabase)
         self._con = db._outer
@@ -380,7 +380,7 @@ class _PinnedContext(TransactionContext):
             self.db, self.db.pool, tenant=tenant, system=self.system,
             isolation=self.isolation, readonly=self.readonly,
         )
-        await uow._begin("", None)
+        await uow._begin(lambda: "", None)
         self._uow = uow
         self._token = _active.set(uow)
         return uow

@@ -278,12 +278,12 @@ class UnitOfWork:
 
     # -- lifecycle (driven by TransactionContext) -----------------------------------------
 
-    async def _begin(self, statement: str, acquire_timeout: float | None) -> None:
-        clean = True
-        self._con = await self.pool.acquire(acquire_timeout, clean=clean)
+    async def _begin(self, statement: Callable[[], str], acquire_timeout: float | None) -> None:
+        self._con = await self.pool.acquire(acquire_timeout, clean=True)
         self._task = asyncio.current_task()
         try:
-            await self._con.execute(statement)
+            # Built after acquiring: connecting may have found a pooler (see _statement).
+            await self._con.execute(statement())
         except BaseException as exc:
             await self._discard()
             if isinstance(exc, _DRIVER_ERRORS):
@@ -447,6 +447,12 @@ class TransactionContext:
             self.db, pool, tenant=tenant, system=self.system,
             isolation=self.isolation, readonly=self.readonly,
         )
+        await uow._begin(lambda: self._statement(pool, tenant), self.acquire_timeout)
+        self._uow = uow
+        self._token = _active.set(uow)
+        return uow
+
+    def _statement(self, pool: Pool, tenant: UUID | None) -> str:
         # Behind a transaction pooler the timeouts cannot be startup parameters: send them
         # with BEGIN instead (same round trip).
         timeout = self.timeout
@@ -463,10 +469,7 @@ class TransactionContext:
             )
             if len(self.db.begin_statements) < 10_000:
                 self.db.begin_statements[key] = statement
-        await uow._begin(statement, self.acquire_timeout)
-        self._uow = uow
-        self._token = _active.set(uow)
-        return uow
+        return statement
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._savepoint is not None:

@@ -22,9 +22,13 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-if ! have_pg_binaries; then
-    echo "bootstrap: installing the PostgreSQL server (apt)"
-    apt_install postgresql
+missing=()
+have_pg_binaries || missing+=(postgresql)
+# PgBouncer: the scale-out tests run pgaccess through a real one.
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bootstrap: installing ${missing[*]} (apt)"
+    apt_install "${missing[@]}"
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
