@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import os
 import platform
+import secrets
 import statistics
 import sys
 import time
@@ -38,6 +40,7 @@ from pgaccess.seed import SeedRunner, discover_seeders
 from pgaccess.testing import (
     Project,
     RollbackDatabase,
+    TemporaryPgBouncer,
     _admin_exec,
     build_template,
     clone_database,
@@ -75,6 +78,8 @@ class Result:
 class Env:
     owner_dsn: str
     socket: str | None
+    signed_dsn: str
+    signing_key: str
     tenants: list[uuid.UUID]
     projects: dict[uuid.UUID, list[uuid.UUID]]
     domains: list[str]
@@ -155,8 +160,18 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
         t, p = pick(i)
         return await plain.fetchrow(by_id_where, t, p)
 
+    signed = await Database(settings.replace(tenant_signing_key=env.signing_key),
+                            dsn=with_user(_same_server(dsn, env.signed_dsn), "pgaccess_app"), sql_dir="sql").open()
+    closers.append(signed.close)
+
+    async def w1_signed(i: int) -> Any:
+        t, p = pick(i)
+        async with signed.transaction(tenant=t) as uow:
+            return await uow.repo(ProjectRepository).find_by_id(p)
+
     impls: dict[str, dict[str, Op]] = {
-        "W1 point lookup": {"pgaccess": w1_pga, FLOOR: w1_floor, "asyncpg no RLS (WHERE)": w1_plain},
+        "W1 point lookup": {"pgaccess": w1_pga, FLOOR: w1_floor, "asyncpg no RLS (WHERE)": w1_plain,
+                            "pgaccess, signed tenant context": w1_signed},
         "W2 first page of 50": {},
         "W3 insert one": {},
         "W6 find_by_domain": {},
@@ -194,6 +209,34 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
             return await con.fetchrow(insert, t, f"w3-{i}")
 
     impls["W3 insert one"] = {"pgaccess": w3_pga, FLOOR: w3_floor, "asyncpg no RLS (WHERE)": w3_plain}
+
+    # Through PgBouncer (transaction pooling, statement cache off; PgBouncer 1.18 has no
+    # prepared-statement support), same pool size on the client side.
+    if env.socket is not None and (shutil.which("pgbouncer") or Path("/usr/sbin/pgbouncer").exists()):
+        bouncer = TemporaryPgBouncer(Path(env.socket).parent, int(env.socket.rsplit(".", 1)[1]),
+                                     pool_size=pool_size)
+        bdb = await Database(settings.replace(statement_cache_size=0),
+                             dsn=bouncer.dsn("pgaccess_app", urlsplit(dsn).path.lstrip("/")),
+                             sql_dir="sql").open()
+
+        async def stop_bouncer() -> None:
+            await bdb.close()
+            bouncer.stop()
+
+        closers.append(stop_bouncer)
+
+        async def w1_bouncer(i: int) -> Any:
+            t, p = pick(i)
+            async with bdb.transaction(tenant=t) as uow:
+                return await uow.repo(ProjectRepository).find_by_id(p)
+
+        async def w3_bouncer(i: int) -> Any:
+            t, _ = pick(i)
+            async with bdb.transaction(tenant=t) as uow:
+                return await uow.repo(ProjectRepository).insert(name=f"w3b-{i}")
+
+        impls["W1 point lookup"]["pgaccess via PgBouncer"] = w1_bouncer
+        impls["W3 insert one"]["pgaccess via PgBouncer"] = w3_bouncer
 
     # W6 ---------------------------------------------------------------------------------
     async def w6_pga(i: int) -> Any:
@@ -278,6 +321,11 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
     return impls, close
 
 
+def _same_server(dsn: str, other: str) -> str:
+    """``other``'s database on ``dsn``'s server (the round-trip proxy rewrites the host)."""
+    return with_database(dsn, urlsplit(other).path.lstrip("/"))
+
+
 def _conninfo(dsn: str) -> str:
     parts = urlsplit(dsn)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -328,6 +376,8 @@ async def count_round_trips(env: Env, n: int) -> dict[tuple[str, str], float]:
     try:
         for workload, ops in impls.items():
             for name, op in ops.items():
+                if "PgBouncer" in name:  # its server side bypasses the counting proxy
+                    continue
                 await op(0)  # warm (prepare statements)
                 before = proxy.round_trips
                 for i in range(n):
@@ -485,7 +535,12 @@ async def prepare(server_dsn: str, socket: str | None, tenants: int, smoke: bool
             projects[r["tenant_id"]].append(r["id"])
     finally:
         await con.close()
-    return Env(owner, socket, ids, projects, [r["domain"] for r in rows], smoke)
+    # A copy with the signed tenant context switched on (migration 0003 + a key).
+    key = secrets.token_hex(32)
+    await _admin_exec(server_dsn, f'CREATE DATABASE "{name}_signed" TEMPLATE "{name}"')
+    signed = with_database(server_dsn, f"{name}_signed")
+    await _admin_exec(signed, f"INSERT INTO app_private.tenant_signing_key (key) VALUES (decode('{key}', 'hex'))")
+    return Env(owner, socket, signed, key, ids, projects, [r["domain"] for r in rows], smoke)
 
 
 def render_table(workload: str, concurrency: int, results: list[Result],
@@ -538,6 +593,7 @@ async def main_async(args: argparse.Namespace) -> str:
         bulk = await measure_bulk(env, 2_000 if smoke else 50_000, 1 if smoke else 3)
         ops = await measure_operations(server_dsn, smoke)
         await drop_database(server_dsn, urlsplit(env.owner_dsn).path.lstrip("/"))
+        await drop_database(server_dsn, urlsplit(env.signed_dsn).path.lstrip("/"))
     finally:
         if server is not None:
             server.stop()

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,28 +13,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pgaccess import Database, MigrationError, QueryTimeout, Settings
+from pgaccess import ConfigError, Database, MigrationError, QueryTimeout, Settings
 from pgaccess.cluster import LocalCluster, find_bindir
 from pgaccess.config import with_user
 from pgaccess.health import check
 from pgaccess.migrate import Migrator
 from pgaccess.reference import ACME_ID, GLOBEX_ID, ProjectRepository
-from pgaccess.testing import Project, build_template
+from pgaccess.testing import Project, TemporaryPgBouncer, build_template
 
 PROJECT = Project(Path("migrations"), Path("sql"), Path("seeders"))
-
-
-def pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
-    if found is None:
-        pytest.fail("pgbouncer is not installed: `apt-get install pgbouncer` (scripts/bootstrap.sh does it)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -60,51 +43,18 @@ def shared_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-def pgbouncer(app_database: tuple[LocalCluster, str], shared_tmp: Path) -> Iterator[str]:
+def pgbouncer(app_database: tuple[LocalCluster, str]) -> Iterator[str]:
     """A PgBouncer in transaction mode (2 server connections) in front of the cluster;
     yields the DSN template 'postgresql://{user}@127.0.0.1:PORT/app'."""
     cluster, _ = app_database
-    binary = pgbouncer_binary()
-    port = free_port()
-    d = shared_tmp / "pgbouncer"
-    d.mkdir()
-    (d / "users.txt").write_text("".join(f'"{u}" ""\n' for u in ("pgaccess_app", "pgaccess_admin", "postgres")))
-    (d / "pgbouncer.ini").write_text(f"""[databases]
-* = host={cluster.socket_dir} port={cluster.port}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {d}/users.txt
-pool_mode = transaction
-default_pool_size = 2
-max_client_conn = 500
-logfile = {d}/pgbouncer.log
-""")
-    kwargs: dict[str, object] = {}
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        for p in (d, *d.iterdir()):
-            os.chown(p, pw.pw_uid, pw.pw_gid)
-        kwargs = {"user": pw.pw_uid, "group": pw.pw_gid}
-    proc = subprocess.Popen([binary, str(d / "pgbouncer.ini")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            log = (d / "pgbouncer.log").read_text() if (d / "pgbouncer.log").exists() else ""
-            pytest.fail(f"pgbouncer did not start: {out}\n{log}")
-        time.sleep(0.05)
     try:
-        yield f"postgresql://{{user}}@127.0.0.1:{port}/app"
+        bouncer = TemporaryPgBouncer(cluster.socket_dir, cluster.port)
+    except ConfigError as exc:
+        pytest.fail(f"{exc} (scripts/bootstrap.sh installs it)")
+    try:
+        yield bouncer.dsn("{user}", "app")
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        bouncer.stop()
 
 
 def bouncer_db(template: str, **settings: object) -> Database:
