@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import os
 import platform
 import secrets
+import shutil
 import statistics
 import sys
 import time
