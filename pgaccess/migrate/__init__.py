@@ -255,6 +255,7 @@ class Migrator:
         allow_out_of_order: bool = False,
         tenant_prefix: str = "tenant_",
         echo: Callable[[str], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.directory = Path(directory)
@@ -262,6 +263,7 @@ class Migrator:
         self.allow_out_of_order = allow_out_of_order
         self.tenant_prefix = tenant_prefix
         self.echo = echo or (lambda line: log.info("migrate", message=line))
+        self.progress = progress or (lambda done, total: None)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -476,7 +478,8 @@ class Migrator:
         for r in applied_rows:
             done.setdefault(r["scope"], set()).add(int(r["version"]))
         failures: dict[str, str] = {}
-        for schema in schemas:
+        for number, schema in enumerate(schemas, start=1):
+            self.progress(number, len(schemas))
             for f in files:
                 if int(f.version) in done.get(schema, set()):
                     continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ..cli import EXIT_FAIL, EXIT_OK, add_dsn, parser, print_json, resolve_dsn, run, table
+from ..cli import EXIT_FAIL, EXIT_OK, Progress, add_dsn, parser, print_json, resolve_dsn, run, table
 from . import Migrator
 
 EXIT_PENDING, EXIT_DRIFT, EXIT_LINT = 3, 4, 5
@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def body() -> int:
         m = Migrator(await resolve_dsn(args.dsn), args.dir, lock_timeout=args.lock_wait,
-                     allow_out_of_order=args.allow_out_of_order, echo=print)
+                     allow_out_of_order=args.allow_out_of_order, echo=print,
+                     progress=Progress("tenant schemas"))
         if args.command == "up":
             done = await m.up(to=args.to, dry_run=args.dry_run, tenant=args.tenant)
             if not done:

@@ -187,7 +187,9 @@ class SeedRunner:
             if self.fresh:
                 for seeder in reversed(instances):
                     await seeder.truncate(uow)
-            for seeder in instances:
+            for number, seeder in enumerate(instances, start=1):
+                if self.ctx.progress is not None:
+                    self.ctx.progress(seeder.seeder_name(), number, len(instances))
                 start = time.perf_counter()
                 try:
                     await seeder.seed(uow)

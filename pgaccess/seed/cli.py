@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..cli import EXIT_OK, add_dsn, parser, print_json, resolve_dsn, run, table
+from ..cli import EXIT_OK, Progress, add_dsn, parser, print_json, resolve_dsn, run, table
 from ..config import Settings, with_user
 from ..database import Database
 from . import ENVIRONMENTS, SeedRunner, discover_seeders
@@ -42,11 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeders = discover_seeders(args.dir)
         async with Database(Settings(min_size=0), dsn=app, admin_dsn=admin,
                             sql_dir=args.sql if os.path.isdir(args.sql) else None) as db:
+            bar = Progress("seeding")
             runner = SeedRunner(
                 db, seeders, env=args.env, seed=args.seed, scale=args.scale, fresh=args.fresh,
                 only=args.only, allow_production=args.allow_production,
+                progress=lambda name, done, total: bar(done - 1, total),
             )
             timings = await runner.run()
+            bar(len(timings), len(timings))
         if args.json:
             print_json({"seeded": timings})
         else:
