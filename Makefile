@@ -17,6 +17,7 @@ test: setup
 lint:
 	.venv/bin/ruff check pgaccess tests seeders examples bench
 	.venv/bin/mypy pgaccess
+	.venv/bin/mypy --strict examples/service.py
 	.venv/bin/python -m pgaccess.queries check --rows pgaccess.reference.rows
 	.venv/bin/python -m pgaccess.queries check --offline --rows pgaccess.reference.rows
 	.venv/bin/python -m pgaccess.queries gen --out pgaccess/reference/rows.py --check

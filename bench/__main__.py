@@ -146,11 +146,23 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
             await con.execute("COMMIT")
             return out
 
+    # pgaccess ops, for any Database (plain, signed, behind PgBouncer)
+    def pga_lookup(database: Database) -> Op:
+        async def op(i: int) -> Any:
+            t, p = pick(i)
+            async with database.transaction(tenant=t) as uow:
+                return await uow.repo(ProjectRepository).find_by_id(p)
+        return op
+
+    def pga_insert(database: Database) -> Op:
+        async def op(i: int) -> Any:
+            t, _ = pick(i)
+            async with database.transaction(tenant=t) as uow:
+                return await uow.repo(ProjectRepository).insert(name=f"w3-{i}")
+        return op
+
     # W1 ---------------------------------------------------------------------------------
-    async def w1_pga(i: int) -> Any:
-        t, p = pick(i)
-        async with db.transaction(tenant=t) as uow:
-            return await uow.repo(ProjectRepository).find_by_id(p)
+    w1_pga = pga_lookup(db)
 
     async def w1_floor(i: int) -> Any:
         t, p = pick(i)
@@ -164,11 +176,7 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
                             dsn=with_user(_same_server(dsn, env.signed_dsn), "pgaccess_app"), sql_dir="sql").open()
     closers.append(signed.close)
 
-    async def w1_signed(i: int) -> Any:
-        t, p = pick(i)
-        async with signed.transaction(tenant=t) as uow:
-            return await uow.repo(ProjectRepository).find_by_id(p)
-
+    w1_signed = pga_lookup(signed)
     impls: dict[str, dict[str, Op]] = {
         "W1 point lookup": {"pgaccess": w1_pga, FLOOR: w1_floor, "asyncpg no RLS (WHERE)": w1_plain,
                             "pgaccess, signed tenant context": w1_signed},
@@ -194,10 +202,7 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
     impls["W2 first page of 50"] = {"pgaccess": w2_pga, FLOOR: w2_floor, "asyncpg no RLS (WHERE)": w2_plain}
 
     # W3 ---------------------------------------------------------------------------------
-    async def w3_pga(i: int) -> Any:
-        t, _ = pick(i)
-        async with db.transaction(tenant=t) as uow:
-            return await uow.repo(ProjectRepository).insert(name=f"w3-{i}")
+    w3_pga = pga_insert(db)
 
     async def w3_floor(i: int) -> Any:
         t, _ = pick(i)
@@ -225,18 +230,8 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
 
         closers.append(stop_bouncer)
 
-        async def w1_bouncer(i: int) -> Any:
-            t, p = pick(i)
-            async with bdb.transaction(tenant=t) as uow:
-                return await uow.repo(ProjectRepository).find_by_id(p)
-
-        async def w3_bouncer(i: int) -> Any:
-            t, _ = pick(i)
-            async with bdb.transaction(tenant=t) as uow:
-                return await uow.repo(ProjectRepository).insert(name=f"w3b-{i}")
-
-        impls["W1 point lookup"]["pgaccess via PgBouncer"] = w1_bouncer
-        impls["W3 insert one"]["pgaccess via PgBouncer"] = w3_bouncer
+        impls["W1 point lookup"]["pgaccess via PgBouncer"] = pga_lookup(bdb)
+        impls["W3 insert one"]["pgaccess via PgBouncer"] = pga_insert(bdb)
 
     # W6 ---------------------------------------------------------------------------------
     async def w6_pga(i: int) -> Any:
@@ -427,7 +422,17 @@ async def measure_bulk(env: Env, rows: int, reps: int) -> list[tuple[str, float]
         finally:
             await con.close()
 
+    async def crossover(n: int, method: str) -> None:
+        async with db.transaction(tenant=t) as uow:
+            await uow.repo(ProjectRepository).insert_many(data[:n], method=method)  # type: ignore[arg-type]
+
     try:
+        # Where COPY->temp starts to beat unnest (sets COPY_THRESHOLD in pgaccess.repository).
+        for n in (200, 1000, 2000, 5000):
+            if n <= rows:
+                for _ in range(5):
+                    await timed(f"crossover {n:>5} rows: unnest", lambda n=n: crossover(n, "unnest"))
+                    await timed(f"crossover {n:>5} rows: COPY->temp", lambda n=n: crossover(n, "copy"))
         for _ in range(reps):
             await timed("asyncpg executemany, row by row (RLS)", executemany)
             await timed("pgaccess insert_many unnest (RLS)", lambda: pga("unnest", False))
@@ -607,7 +612,10 @@ async def main_async(args: argparse.Namespace) -> str:
                   f"{2_000 if args.smoke else 50_000:,} projects (median seconds)\n")
     report.append("| method | seconds | rows/s |\n| --- | ---: | ---: |")
     n = 2_000 if args.smoke else 50_000
-    report += [f"| {name} | {s:.3f} | {n / s:,.0f} |" for name, s in bulk]
+    report += [f"| {name} | {s:.3f} | {n / s:,.0f} |" for name, s in bulk if not name.startswith("crossover")]
+    report.append("\n#### unnest vs COPY->temp by batch size (median of 5, seconds)\n")
+    report.append("| batch | seconds |\n| --- | ---: |")
+    report += [f"| {name.removeprefix('crossover ')} | {s:.4f} |" for name, s in bulk if name.startswith("crossover")]
     report.append("\n### Operational figures\n\n| what | value |\n| --- | ---: |")
     report += [f"| {k} | {v} |" for k, v in ops]
     return "\n".join(report) + "\n"
