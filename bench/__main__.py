@@ -618,6 +618,9 @@ async def main_async(args: argparse.Namespace) -> str:
     report += [f"| {name.removeprefix('crossover ')} | {s:.4f} |" for name, s in bulk if name.startswith("crossover")]
     report.append("\n### Operational figures\n\n| what | value |\n| --- | ---: |")
     report += [f"| {k} | {v} |" for k, v in ops]
+    notes = Path(__file__).with_name("notes.md")
+    if notes.exists():
+        report.append("\n" + notes.read_text())
     return "\n".join(report) + "\n"
 
 

@@ -156,6 +156,7 @@ class Database:
 
         The tenant comes from ``tenant=`` or else from ``TenantContext``. ``system=True``
         runs on the admin pool without a tenant (say why in ``reason=``; it is logged).
+        ``timeout`` (seconds) is this transaction's statement timeout; 0 disables it.
         ``readonly=True`` goes to a replica when replicas are configured (``primary=True``
         keeps it on the primary). Inside an open unit of work of the same task this becomes
         a savepoint.

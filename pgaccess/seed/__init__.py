@@ -183,7 +183,9 @@ class SeedRunner:
         """Seed; return each seeder's duration in seconds."""
         timings: dict[str, float] = {}
         instances = [s(self.ctx) for s in self.seeders]
-        async with self.db.transaction(system=True, reason=f"seed ({self.ctx.env})") as uow:
+        # Large seeds run longer than a request should: no statement timeout here (0).
+        async with self.db.transaction(system=True, reason=f"seed ({self.ctx.env})",
+                                       timeout=0) as uow:
             if self.fresh:
                 for seeder in reversed(instances):
                     await seeder.truncate(uow)
