@@ -154,6 +154,13 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
                 return await uow.repo(ProjectRepository).find_by_id(p)
         return op
 
+    def pga_lookup_readonly(database: Database) -> Op:
+        async def op(i: int) -> Any:
+            t, p = pick(i)
+            async with database.transaction(tenant=t, readonly=True) as uow:
+                return await uow.repo(ProjectRepository).find_by_id(p)
+        return op
+
     def pga_insert(database: Database) -> Op:
         async def op(i: int) -> Any:
             t, _ = pick(i)
@@ -179,7 +186,8 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
     w1_signed = pga_lookup(signed)
     impls: dict[str, dict[str, Op]] = {
         "W1 point lookup": {"pgaccess": w1_pga, FLOOR: w1_floor, "asyncpg no RLS (WHERE)": w1_plain,
-                            "pgaccess, signed tenant context": w1_signed},
+                            "pgaccess, signed tenant context": w1_signed,
+                            "pgaccess, read-only unit of work": pga_lookup_readonly(db)},
         "W2 first page of 50": {},
         "W3 insert one": {},
         "W6 find_by_domain": {},

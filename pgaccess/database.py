@@ -31,7 +31,7 @@ from .log import get_logger
 from .pool import Pool
 from .queries import QuerySet, load_queries
 from .replicas import ReplicaSet, last_write_at
-from .uow import Isolation, TransactionContext, UnitOfWork
+from .uow import Isolation, TransactionContext, UnitOfWork, background_commits_done
 
 log = get_logger("database")
 
@@ -99,6 +99,7 @@ class Database:
         return self
 
     async def close(self, timeout: float = 10.0) -> None:
+        await background_commits_done()
         await self.pool.close(timeout)
         if self._admin_pool is not None:
             await self._admin_pool.close(timeout)

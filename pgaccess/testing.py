@@ -177,6 +177,9 @@ def open_test_database(owner_dsn: str, project: Project, **settings: Any) -> Dat
 
 
 async def assert_no_leaks(db: Database) -> None:
+    from .uow import background_commits_done
+
+    await background_commits_done()
     for pool in (db.pool, db._admin_pool):
         if pool is None or not pool.is_open:
             continue

@@ -52,6 +52,9 @@ R = TypeVar("R", bound="BaseRepository[Any]")
 
 _active: ContextVar[UnitOfWork | None] = ContextVar("pgaccess_uow", default=None)
 
+# Read-only commits finishing in the background (strong references until they are done).
+_background: set[asyncio.Task[None]] = set()
+
 # Statements that can leave state on the session beyond the transaction. A unit of work
 # that runs one of these is released with a full reset (one extra round trip).
 _SESSION_STATE = re.compile(
@@ -294,6 +297,15 @@ class UnitOfWork:
     async def _commit(self) -> None:
         con = self._check()
         self._state = "done"
+        if self.readonly and self.isolation != "serializable" and not self._on_commit:
+            # A read-only, non-serializable transaction has nothing to persist and its
+            # COMMIT cannot fail in a way the caller could act on: finish it in the
+            # background and give the caller its result one round trip sooner. The
+            # connection returns to the pool only after the COMMIT completed.
+            task = asyncio.get_running_loop().create_task(self._finish_readonly())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+            return
         try:
             await con.execute("COMMIT")
         except _DRIVER_ERRORS as exc:
@@ -304,6 +316,17 @@ class UnitOfWork:
             result = callback()
             if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
                 await result
+
+    async def _finish_readonly(self) -> None:
+        con = self._con
+        try:
+            assert con is not None
+            await con.execute("COMMIT")
+        except BaseException as exc:  # the connection is unusable; the pool replaces it
+            log.warning("readonly_commit_failed", error=type(exc).__name__)
+            await self._discard()
+            return
+        await self._release()
 
     async def _rollback(self) -> None:
         con = self._con
@@ -338,6 +361,12 @@ class UnitOfWork:
         if raw is not None:
             raw.terminate()
             await self.pool.release(con)
+
+
+async def background_commits_done() -> None:
+    """Wait for read-only commits still finishing in the background."""
+    while _background:
+        await asyncio.gather(*list(_background), return_exceptions=True)
 
 
 class TenantScope:

@@ -315,3 +315,21 @@ def test_begin_statement_is_one_round_trip() -> None:
 ])
 def test_session_state_classifier(sql: str, dirty: bool) -> None:
     assert affects_session(sql) is dirty
+
+
+async def test_readonly_commit_finishes_in_the_background(db: Database, tenant: uuid.UUID) -> None:
+    from pgaccess.uow import background_commits_done
+
+    async with db.transaction(tenant=tenant, readonly=True) as uow:
+        pid = await uow.fetchval("SELECT pg_backend_pid()")
+        n = await uow.repo(ProjectRepository).count()
+    assert n == 20
+    await background_commits_done()
+    assert db.pool.stats().in_use == 0
+    async with db.transaction(tenant=tenant) as uow:  # the connection came back clean
+        assert await uow.fetchval("SELECT pg_backend_pid()") == pid
+        assert await uow.fetchval("SELECT current_setting('app.tenant_id', true)") == str(tenant)
+    ran: list[int] = []
+    async with db.transaction(tenant=tenant, readonly=True) as uow:  # with a callback: inline
+        uow.on_commit(lambda: ran.append(1))
+    assert ran == [1]
