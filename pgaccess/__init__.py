@@ -36,10 +36,12 @@ from .errors import (
 )
 from .pool import Pool, PoolStats
 from .queries import QuerySet, load_queries
+from .repository import BaseRepository, Page, TenantAwareRepository
 from .tenancy import TenantContext, parse_tenant_id, tenant_scope
 from .uow import UnitOfWork
 
 __all__ = [
+    "BaseRepository",
     "CheckViolation",
     "ConfigError",
     "ConnectError",
@@ -51,6 +53,7 @@ __all__ = [
     "IntegrityError",
     "MigrationError",
     "NotNullViolation",
+    "Page",
     "ParameterError",
     "PgAccessError",
     "Pool",
@@ -65,6 +68,7 @@ __all__ = [
     "SeedError",
     "SerializationFailure",
     "Settings",
+    "TenantAwareRepository",
     "TenantContext",
     "TenantError",
     "TenantRequired",
