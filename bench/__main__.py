@@ -637,8 +637,8 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dsn", help="superuser DSN of a server to use (default: a throwaway cluster)")
     p.add_argument("--smoke", action="store_true", help="tiny data, one short round (CI)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--burst", type=float, default=1.0, help="seconds per implementation per round")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--burst", type=float, default=0.5, help="seconds per implementation per round")
     p.add_argument("--out", help="also write the markdown report here")
     args = p.parse_args()
     import logging

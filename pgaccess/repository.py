@@ -80,6 +80,7 @@ class BaseRepository(Generic[Row]):
     _column_set: ClassVar[frozenset[str]]
     _sql: ClassVar[dict[str, str]]
     _shape_cache: ClassVar[dict[tuple[str, tuple[str, ...]], str]]
+    _names: ClassVar[dict[str, str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -99,6 +100,9 @@ class BaseRepository(Generic[Row]):
         n = len(cls.order_by)
         after = ", ".join(f"${i + 1}" for i in range(n))
         cls._shape_cache = {}
+        cls._names = {op: f"{cls.__name__}.{op}" for op in (
+            "find_by_id", "find_by_ids", "exists", "count", "find_page", "find_where",
+            "insert", "insert_many", "update", "delete")}
         cls._sql = {
             "find_by_id": f"SELECT {cols} FROM {table} WHERE {key} = $1",
             "find_by_ids": f"SELECT {cols} FROM {table} WHERE {key} = ANY($1)",
@@ -133,7 +137,8 @@ class BaseRepository(Generic[Row]):
         return names
 
     def _run_name(self, op: str) -> str:
-        return f"{type(self).__name__}.{op}"
+        """``ProjectRepository.find_by_id``: the name queries are logged and measured by."""
+        return self._names.get(op) or f"{type(self).__name__}.{op}"
 
     @classmethod
     def _shaped_sql(cls, kind: str, names: tuple[str, ...]) -> str:

@@ -476,7 +476,12 @@ class TransactionContext:
             self.db, pool, tenant=tenant, system=self.system,
             isolation=self.isolation, readonly=self.readonly,
         )
-        await uow._begin(lambda: self._statement(pool, tenant), self.acquire_timeout)
+        statement = self._statement(pool, tenant)
+        await uow._begin(
+            # Rebuilt only if connecting just found a pooler that refuses startup settings.
+            lambda: statement if pool.session_settings else self._statement(pool, tenant),
+            self.acquire_timeout,
+        )
         self._uow = uow
         self._token = _active.set(uow)
         return uow
