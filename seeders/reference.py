@@ -106,6 +106,7 @@ class Scale(Seeder):
         if n <= 0:
             return
         seed = str(self.ctx.seed)
+        await uow.execute("SET LOCAL work_mem = '256MB'")  # the sort below stays in memory
         await uow.execute(
             "INSERT INTO tenants (id, name, domain, created_at, updated_at) "
             "SELECT md5($1 || ':tenant:' || i)::uuid, 'Scale ' || i, 'scale-' || i || '.localhost', "
@@ -122,7 +123,8 @@ class Scale(Seeder):
             "FROM tenants t CROSS JOIN generate_series(1, $3) AS j "
             "WHERE t.domain LIKE 'scale-%' AND t.id = md5($1 || ':tenant:' || "
             "split_part(split_part(t.domain, '.', 1), '-', 2))::uuid "
-            "ON CONFLICT DO NOTHING",
+            # Key order makes the primary-key inserts append to the index's right edge.
+            "ORDER BY 1, 2 ON CONFLICT DO NOTHING",
             seed, EPOCH, SCALE_PROJECTS_PER_TENANT,
         )
 
