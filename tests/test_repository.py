@@ -191,6 +191,7 @@ async def test_tenant_repository(db: Database, tenant: uuid.UUID) -> None:
 
 async def test_find_by_domain_uses_the_unique_index(db: Database) -> None:
     async with db.transaction() as uow:
+        await uow.execute("SET LOCAL enable_seqscan = off")  # three rows: any plan would do
         plan = "\n".join(r[0] for r in await uow.fetch(
             "EXPLAIN SELECT * FROM tenants WHERE domain = $1", "acme.localhost"))
     assert "tenants_domain_key" in plan
