@@ -15,7 +15,7 @@ from pgaccess.sqlsplit import SplitError, split_statements
 SQLISH = st.text(alphabet=list("ab ;'\"$-/*\nE()\\:x1_"), max_size=120)
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(SQLISH)
 def test_splitter_only_raises_split_error_and_keeps_text(script: str) -> None:
     try:
@@ -40,6 +40,7 @@ PIECE = st.one_of(
 )
 
 
+@settings(deadline=None)
 @given(st.lists(PIECE, min_size=1, max_size=8), st.sampled_from([";\n", "; ", ";\n-- c;\n", ";/* ; */"]))
 def test_split_then_join_keeps_every_statement(pieces: list[str], sep: str) -> None:
     script = sep.join(pieces) + ";"
@@ -48,13 +49,14 @@ def test_split_then_join_keeps_every_statement(pieces: list[str], sep: str) -> N
     assert cleaned == pieces
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200))
 def test_query_loader_only_raises_its_typed_error(text: str) -> None:
     with contextlib.suppress(QueryLoadError):
         load_queries_from_str("-- name: q()\n" + text)
 
 
+@settings(deadline=None)
 @given(st.one_of(st.text(max_size=80), st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
                  st.integers(), st.none(), st.floats()))
 def test_tenant_ids_are_uuids_or_a_typed_error(value: object) -> None:
