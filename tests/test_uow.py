@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import pytest
@@ -168,7 +169,7 @@ async def test_explain_shows_initplan_and_tenant_index_condition(db: Database, t
         plan = "\n".join(r[0] for r in await uow.fetch(
             "EXPLAIN SELECT * FROM projects WHERE id = $1", uuid.uuid4()))
     assert "InitPlan" in plan
-    assert "Index Cond: ((tenant_id = $0)" in plan or "Index Cond: ((tenant_id = $" in plan
+    assert re.search(r"Index Cond: \(+tenant_id = \$\d", plan), plan
 
 
 async def test_use_after_exit_and_from_another_task_raise(db: Database, tenant: uuid.UUID) -> None:
