@@ -284,11 +284,6 @@ class Pool:
 
     # -- acquire / release -------------------------------------------------------------
 
-    def _require_pool(self) -> asyncpg.Pool:
-        if self._pool is None or self._closing:
-            raise PoolClosed(f"pool {self.name!r} is closed; call await pool.open() first")
-        return self._pool
-
     async def acquire(self, timeout: float | None = None, *, clean: bool = False) -> PooledConnection:
         """Take a connection, waiting at most ``timeout`` (default: the acquire timeout).
 
@@ -296,35 +291,17 @@ class Pool:
         (the unit of work): their release skips the reset round trip unless they call
         :meth:`mark_dirty`.
         """
-        pool = self._require_pool()
-        timeout = self.settings.acquire_timeout if timeout is None else timeout
-        start = time.perf_counter()
-        self._waiting += 1
-        try:
-            queue = getattr(pool, "_queue", None)
-            if queue is not None and not queue.empty():
-                # A free holder is waiting: taking it never blocks (a reconnect is bounded by
-                # connect_timeout), so skip the timer. This is the hot path.
-                proxy = await pool.acquire()
-            else:
-                # asyncio.timeout, not acquire(timeout=): asyncpg's wait_for spawns a task.
-                async with asyncio.timeout(timeout):
-                    proxy = await pool.acquire()
-        except TimeoutError:
-            self._timeouts += 1
-            stats = self.stats()
-            raise PoolTimeout(
-                f"no connection from pool {self.name!r} within {timeout:g}s "
-                f"(size={stats.size}, in_use={stats.in_use}, waiting={stats.waiting - 1}, "
-                f"max={stats.max_size}); raise PGACCESS_POOL_MAX_SIZE, shorten transactions, "
-                "or look for leaked connections (PGACCESS_LEAK_THRESHOLD)",
-                stats.as_dict(),
-            ) from None
-        finally:
-            self._waiting -= 1
-        waited = time.perf_counter() - start
+        pool = self._pool
+        if pool is None or self._closing:
+            raise PoolClosed(f"pool {self.name!r} is closed; call await pool.open() first")
+        queue = getattr(pool, "_queue", None)
+        if queue is not None and not queue.empty():
+            # A free holder is waiting: taking it never blocks (a reconnect is bounded by
+            # connect_timeout), so no timer and no wait accounting. This is the hot path.
+            proxy = await pool.acquire()
+        else:
+            proxy = await self._acquire_waiting(pool, timeout)
         self._acquires += 1
-        self._wait_s += waited
         if self.settings.check_on_acquire:
             proxy = await self._checked(pool, proxy, timeout)
         con = raw_connection(proxy)
@@ -338,7 +315,30 @@ class Pool:
             )
         return proxy
 
-    async def _checked(self, pool: asyncpg.Pool, proxy: PooledConnection, timeout: float) -> PooledConnection:
+    async def _acquire_waiting(self, pool: asyncpg.Pool, timeout: float | None) -> PooledConnection:
+        timeout = self.settings.acquire_timeout if timeout is None else timeout
+        start = time.perf_counter()
+        self._waiting += 1
+        try:
+            # asyncio.timeout, not acquire(timeout=): asyncpg's wait_for spawns a task.
+            async with asyncio.timeout(timeout):
+                proxy: PooledConnection = await pool.acquire()
+        except TimeoutError:
+            self._timeouts += 1
+            stats = self.stats()
+            raise PoolTimeout(
+                f"no connection from pool {self.name!r} within {timeout:g}s "
+                f"(size={stats.size}, in_use={stats.in_use}, waiting={stats.waiting - 1}, "
+                f"max={stats.max_size}); raise PGACCESS_POOL_MAX_SIZE, shorten transactions, "
+                "or look for leaked connections (PGACCESS_LEAK_THRESHOLD)",
+                stats.as_dict(),
+            ) from None
+        finally:
+            self._waiting -= 1
+            self._wait_s += time.perf_counter() - start
+        return proxy
+
+    async def _checked(self, pool: asyncpg.Pool, proxy: PooledConnection, timeout: float | None) -> PooledConnection:
         try:
             await proxy.execute("SELECT 1")
             return proxy
@@ -346,7 +346,7 @@ class Pool:
             self._lost += 1
             raw_connection(proxy).terminate()
             await pool.release(proxy)
-            return await pool.acquire(timeout=timeout)
+            return await self._acquire_waiting(pool, timeout)
 
     def _check_leak(self, proxy: Any, acquired_at: float) -> None:
         con = self._held.get(id(proxy))

@@ -243,7 +243,7 @@ class BaseRepository(Generic[Row]):
 
     async def insert(self, values: Mapping[str, Any] | None = None, **kw: Any) -> Row:
         """Insert one row; returns it as stored (defaults filled in)."""
-        data = self._values({**(values or {}), **kw})
+        data = self._values({**values, **kw} if values else kw)
         names = self._check_columns(data, "insert")
         sql = self._shaped_sql("insert", tuple(names))
         rec = await self.uow._run("fetchrow", sql, tuple(data.values()), self._run_name("insert"))
