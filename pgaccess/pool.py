@@ -338,7 +338,9 @@ class Pool:
             self._wait_s += time.perf_counter() - start
         return proxy
 
-    async def _checked(self, pool: asyncpg.Pool, proxy: PooledConnection, timeout: float | None) -> PooledConnection:
+    async def _checked(
+        self, pool: asyncpg.Pool, proxy: PooledConnection, timeout: float | None
+    ) -> PooledConnection:
         try:
             await proxy.execute("SELECT 1")
             return proxy
