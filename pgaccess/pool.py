@@ -362,7 +362,8 @@ class Pool:
         )
 
     async def release(self, con: Any) -> None:
-        self._held.pop(id(con), None)
+        if self._held:
+            self._held.pop(id(con), None)
         pool = self._pool
         if pool is None:
             return

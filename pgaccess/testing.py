@@ -41,6 +41,7 @@ from .cluster import LocalCluster, temporary_cluster
 from .config import Settings, with_database, with_user
 from .database import Database
 from .errors import ConfigError
+from .pool import raw_connection
 from .tenancy import tenant_scope
 from .uow import TransactionContext, UnitOfWork
 
@@ -404,6 +405,7 @@ class _PinnedUnitOfWork(UnitOfWork):
         db = self.db
         assert isinstance(db, RollbackDatabase)
         self._con = db._outer
+        self._raw = raw_connection(self._con)
         self._task = asyncio.current_task()
         self._savepoints += 1
         role = ADMIN_ROLE if self.system else APP_ROLE
@@ -419,7 +421,7 @@ class _PinnedUnitOfWork(UnitOfWork):
         con = self._check()
         self._state = "done"
         await con.execute("RELEASE SAVEPOINT pgaccess_test_tx; RESET ROLE")
-        self._con = None
+        self._con = self._raw = None
         for callback in self._on_commit:
             result = callback()
             if asyncio.iscoroutine(result):
@@ -428,7 +430,7 @@ class _PinnedUnitOfWork(UnitOfWork):
     async def _rollback(self) -> None:
         con = self._con
         self._state = "done"
-        self._con = None
+        self._con = self._raw = None
         if con is not None:
             await con.execute("ROLLBACK TO SAVEPOINT pgaccess_test_tx; RESET ROLE")
 

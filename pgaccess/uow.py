@@ -33,7 +33,7 @@ from .tenancy import TenantContext, parse_tenant_id
 
 if TYPE_CHECKING:
     from .database import Database
-    from .pool import Pool, PooledConnection
+    from .pool import Connection, Pool, PooledConnection
     from .repository import BaseRepository
 
 log = get_logger("uow")
@@ -114,6 +114,11 @@ def begin_statement(
 class UnitOfWork:
     """One transaction on one connection. Obtain it from ``db.transaction()``."""
 
+    __slots__ = (
+        "_broken", "_con", "_log_all", "_on_commit", "_raw", "_savepoints", "_slow_ms",
+        "_state", "_task", "db", "isolation", "pool", "readonly", "system", "tenant",
+    )
+
     def __init__(
         self,
         db: Database,
@@ -131,6 +136,7 @@ class UnitOfWork:
         self.isolation = isolation
         self.readonly = readonly
         self._con: PooledConnection | None = None
+        self._raw: Connection | None = None  # behind the proxy: one call layer less per query
         self._task: asyncio.Task[Any] | None = None
         self._state: Literal["new", "active", "done"] = "new"
         self._on_commit: list[Callable[[], Awaitable[Any] | Any]] = []
@@ -165,23 +171,15 @@ class UnitOfWork:
     def active(self) -> bool:
         return self._state == "active"
 
-    def require_tenant(self) -> UUID:
-        if self.tenant is None:
-            from .errors import TenantRequired
-
-            raise TenantRequired(
-                "this operation needs a tenant: open the unit of work with "
-                "db.transaction(tenant=...) or inside `with tenant_scope(...)`"
-            )
-        return self.tenant
-
     # -- running statements ----------------------------------------------------------------
 
     async def _run(self, method: str, sql: str, args: Sequence[Any], name: str | None) -> Any:
-        con = self._check()
+        raw = self._raw
+        if self._state != "active" or raw is None or asyncio.current_task() is not self._task:
+            self._check()  # raises the right error
         start = time.perf_counter()
         try:
-            result = await getattr(con, method)(sql, *args)
+            result = await getattr(raw, method)(sql, *args)
         except _DRIVER_ERRORS as exc:
             err = from_asyncpg(exc, name or sql.strip().splitlines()[0][:80])
             if isinstance(err, ConnectionLost):
@@ -283,10 +281,11 @@ class UnitOfWork:
 
     async def _begin(self, statement: Callable[[], str], acquire_timeout: float | None) -> None:
         self._con = await self.pool.acquire(acquire_timeout, clean=True)
+        self._raw = raw_connection(self._con)
         self._task = asyncio.current_task()
         try:
             # Built after acquiring: connecting may have found a pooler (see _statement).
-            await self._con.execute(statement())
+            await self._raw.execute(statement())
         except BaseException as exc:
             await self._discard()
             if isinstance(exc, _DRIVER_ERRORS):
@@ -295,7 +294,9 @@ class UnitOfWork:
         self._state = "active"
 
     async def _commit(self) -> None:
-        con = self._check()
+        self._check()
+        con = self._raw
+        assert con is not None
         self._state = "done"
         if self.readonly and self.isolation != "serializable" and not self._on_commit:
             # A read-only, non-serializable transaction has nothing to persist and its
@@ -318,7 +319,7 @@ class UnitOfWork:
                 await result
 
     async def _finish_readonly(self) -> None:
-        con = self._con
+        con = self._raw
         try:
             assert con is not None
             await con.execute("COMMIT")
@@ -349,13 +350,13 @@ class UnitOfWork:
         await self._release()
 
     async def _release(self) -> None:
-        con, self._con = self._con, None
+        con, self._con, self._raw = self._con, None, None
         if con is not None:
             await self.pool.release(con)
 
     async def _discard(self) -> None:
         """Terminate the connection (it may be mid-operation) and give its slot back."""
-        con, self._con = self._con, None
+        con, self._con, self._raw = self._con, None, None
         self._state = "done"
         raw = raw_connection(con) if con is not None else None
         if raw is not None:
@@ -420,6 +421,11 @@ class Savepoint:
 
 class TransactionContext:
     """What ``db.transaction(...)`` returns; enter it with ``async with``."""
+
+    __slots__ = (
+        "_savepoint", "_token", "_uow", "acquire_timeout", "db", "deferrable", "isolation",
+        "primary", "readonly", "reason", "system", "tenant", "timeout",
+    )
 
     def __init__(
         self,
