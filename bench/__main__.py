@@ -121,7 +121,11 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
                                       init=init_json_codecs)
     plain = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size,  # owner: no RLS
                                       init=init_json_codecs)
-    closers: list[Callable[[], Awaitable[Any]]] = [db.close, floor.close, plain.close]
+    # The floor's transaction shape without RLS (owner role, tenant in WHERE): isolates
+    # what the policy itself costs.
+    plain_tx = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size,
+                                         reset=noop_reset, init=init_json_codecs)
+    closers: list[Callable[[], Awaitable[Any]]] = [db.close, floor.close, plain.close, plain_tx.close]
     tenants, projects, domains = env.tenants, env.projects, env.domains
 
     def pick(i: int) -> tuple[uuid.UUID, uuid.UUID]:
@@ -184,8 +188,20 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
     closers.append(signed.close)
 
     w1_signed = pga_lookup(signed)
+    async def no_rls_tx(fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        async with plain_tx.acquire() as con:
+            await con.execute("BEGIN")
+            out = await fn(con)
+            await con.execute("COMMIT")
+            return out
+
+    async def w1_plain_tx(i: int) -> Any:
+        t, p = pick(i)
+        return await no_rls_tx(lambda con: con.fetchrow(by_id_where, t, p))
+
     impls: dict[str, dict[str, Op]] = {
         "W1 point lookup": {"pgaccess": w1_pga, FLOOR: w1_floor, "asyncpg no RLS (WHERE)": w1_plain,
+                            "asyncpg no RLS, same transaction shape": w1_plain_tx,
                             "pgaccess, signed tenant context": w1_signed,
                             "pgaccess, read-only unit of work": pga_lookup_readonly(db)},
         "W2 first page of 50": {},
@@ -207,7 +223,12 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
         t, _ = pick(i)
         return await plain.fetch(page_where, t)
 
-    impls["W2 first page of 50"] = {"pgaccess": w2_pga, FLOOR: w2_floor, "asyncpg no RLS (WHERE)": w2_plain}
+    async def w2_plain_tx(i: int) -> Any:
+        t, _ = pick(i)
+        return await no_rls_tx(lambda con: con.fetch(page_where, t))
+
+    impls["W2 first page of 50"] = {"pgaccess": w2_pga, FLOOR: w2_floor, "asyncpg no RLS (WHERE)": w2_plain,
+                                    "asyncpg no RLS, same transaction shape": w2_plain_tx}
 
     # W3 ---------------------------------------------------------------------------------
     w3_pga = pga_insert(db)
