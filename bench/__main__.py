@@ -573,7 +573,7 @@ async def prepare(server_dsn: str, socket: str | None, tenants: int, smoke: bool
     key = secrets.token_hex(32)
     await _admin_exec(server_dsn, f'CREATE DATABASE "{name}_signed" TEMPLATE "{name}"')
     signed = with_database(server_dsn, f"{name}_signed")
-    await _admin_exec(signed, f"INSERT INTO app_private.tenant_signing_key (key) VALUES (decode('{key}', 'hex'))")
+    await _admin_exec(signed, f"SELECT app.enable_signed_tenant_context(decode('{key}', 'hex'))")
     return Env(owner, socket, signed, key, ids, projects, [r["domain"] for r in rows], smoke)
 
 

@@ -1,6 +1,5 @@
-CREATE OR REPLACE FUNCTION app.current_tenant_id() RETURNS uuid
-    LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$ SELECT nullif(current_setting('app.tenant_id', true), '')::uuid $$;
-ALTER FUNCTION app.current_tenant_id() SECURITY INVOKER;
-ALTER FUNCTION app.current_tenant_id() RESET search_path;
+SELECT app.disable_signed_tenant_context();
+DROP FUNCTION app.enable_signed_tenant_context(bytea);
+DROP FUNCTION app.disable_signed_tenant_context();
+DROP FUNCTION app.verified_tenant_id();
 DROP SCHEMA app_private CASCADE;

@@ -101,7 +101,7 @@ async def test_set_config_from_injected_sql_switches_tenant_without_signing(
 async def signed_db(db_dsn: str) -> Database:  # type: ignore[misc]
     key = secrets.token_hex(32)
     con = await asyncpg.connect(db_dsn)  # the owner installs the key
-    await con.execute("INSERT INTO app_private.tenant_signing_key (key) VALUES (decode($1, 'hex'))", key)
+    await con.execute("SELECT app.enable_signed_tenant_context(decode($1, 'hex'))", key)
     await con.close()
     database = Database(Settings(min_size=1, max_size=4, tenant_signing_key=key),
                         dsn=with_user(db_dsn, "pgaccess_app"), admin_dsn=with_user(db_dsn, "pgaccess_admin"),
