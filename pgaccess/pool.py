@@ -381,6 +381,11 @@ class Pool:
         finally:
             await self.release(con)
 
+    def has_idle(self) -> bool:
+        """True when a free connection is waiting in the pool (cheap; no locking)."""
+        queue = getattr(self._pool, "_queue", None)
+        return queue is not None and not queue.empty()
+
     def mark_dirty(self, con: Any) -> None:
         """The connection may carry session state: reset it fully on release."""
         raw = raw_connection(con) if isinstance(con, PoolConnectionProxy) else con
