@@ -45,6 +45,7 @@ from pgaccess.testing import (
     build_template,
     clone_database,
     drop_database,
+    open_test_database,
     start_test_server,
 )
 
@@ -53,6 +54,7 @@ from .proxy import RoundTripProxy
 Op = Callable[[int], Awaitable[Any]]
 COLS = "tenant_id, id, owner_id, name, status, metadata, created_at, updated_at"
 FLOOR = "asyncpg RLS floor"
+PROJECT = Project(Path("migrations"), Path("sql"), Path("seeders"))
 
 
 @dataclass
@@ -475,7 +477,7 @@ async def measure_bulk(env: Env, rows: int, reps: int) -> list[tuple[str, float]
 
 async def measure_operations(server_dsn: str, smoke: bool) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    project = Project(Path("migrations"), Path("sql"), Path("seeders"))
+    project = PROJECT
     tpl = f"bench_tpl_{os.getpid()}"
     await build_template(server_dsn, project, tpl, "test")
     times = [await clone_database(server_dsn, tpl, f"bench_clone_{i}") for i in range(5 if smoke else 20)]
@@ -499,9 +501,7 @@ async def measure_operations(server_dsn: str, smoke: bool) -> list[tuple[str, st
 
     n_schemas = 20 if smoke else 200
     sdb = f"bench_schemas_{os.getpid()}"
-    await _admin_exec(server_dsn, f'CREATE DATABASE "{sdb}"')
-    m = Migrator(with_database(server_dsn, sdb), "migrations", echo=lambda _: None)
-    await m.up()
+    m = Migrator(await migrated_database(server_dsn, sdb), "migrations", echo=lambda _: None)
     for _ in range(n_schemas):
         await m.provision_tenant(uuid.uuid4())
     status_times = []
@@ -514,11 +514,8 @@ async def measure_operations(server_dsn: str, smoke: bool) -> list[tuple[str, st
 
     scale = 5 if smoke else 1000
     seed_db = f"bench_seed_{os.getpid()}"
-    await _admin_exec(server_dsn, f'CREATE DATABASE "{seed_db}"')
-    owner = with_database(server_dsn, seed_db)
-    await Migrator(owner, "migrations", echo=lambda _: None).up()
-    async with Database(Settings(min_size=0), dsn=with_user(owner, "pgaccess_app"),
-                        admin_dsn=with_user(owner, "pgaccess_admin"), sql_dir="sql") as db:
+    owner = await migrated_database(server_dsn, seed_db)
+    async with open_test_database(owner, PROJECT, min_size=0, leak_threshold=0) as db:
         start = time.perf_counter()
         await SeedRunner(db, discover_seeders("seeders"), env="test", scale=scale).run()
         seconds = time.perf_counter() - start
@@ -551,13 +548,18 @@ async def measure_operations(server_dsn: str, smoke: bool) -> list[tuple[str, st
 # -- setup and report ------------------------------------------------------------------
 
 
-async def prepare(server_dsn: str, socket: str | None, tenants: int, smoke: bool) -> Env:
-    name = f"bench_{os.getpid()}"
+async def migrated_database(server_dsn: str, name: str) -> str:
+    """Create database ``name`` on the server, apply the migrations; return its owner DSN."""
     await _admin_exec(server_dsn, f'CREATE DATABASE "{name}"')
     owner = with_database(server_dsn, name)
     await Migrator(owner, "migrations", echo=lambda _: None).up()
-    async with Database(Settings(min_size=0), dsn=with_user(owner, "pgaccess_app"),
-                        admin_dsn=with_user(owner, "pgaccess_admin"), sql_dir="sql") as db:
+    return owner
+
+
+async def prepare(server_dsn: str, socket: str | None, tenants: int, smoke: bool) -> Env:
+    name = f"bench_{os.getpid()}"
+    owner = await migrated_database(server_dsn, name)
+    async with open_test_database(owner, PROJECT, min_size=0, leak_threshold=0) as db:
         await SeedRunner(db, discover_seeders("seeders"), env="test", scale=tenants).run()
     con = await asyncpg.connect(owner)
     try:

@@ -60,6 +60,15 @@ async def resolve_dsn(dsn: str | None) -> str:
     return await dev_dsn()
 
 
+def role_dsns(owner: str) -> tuple[str, str]:
+    """(app, admin) DSNs: PGACCESS_APP_URL / PGACCESS_ADMIN_URL, else the owner DSN logged
+    in as pgaccess_app / pgaccess_admin (the dev cluster and tests trust local logins)."""
+    from .config import with_user
+
+    return (os.environ.get("PGACCESS_APP_URL") or with_user(owner, "pgaccess_app"),
+            os.environ.get("PGACCESS_ADMIN_URL") or with_user(owner, "pgaccess_admin"))
+
+
 def configure_logging() -> None:
     """Command-line logging: structlog events to stderr at PGACCESS_LOG_LEVEL (warning)."""
     import logging

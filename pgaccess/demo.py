@@ -8,12 +8,11 @@ health report. Exit code: the health report's (0 ok, 1 degraded, 2 down).
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
-from .cli import add_dsn, parser, resolve_dsn, run, table
-from .config import Settings, with_user
+from .cli import add_dsn, parser, resolve_dsn, role_dsns, run, table
+from .config import Settings
 from .database import Database
 from .health import check
 from .health.cli import render
@@ -35,8 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         owner = await resolve_dsn(args.dsn)
         print("== migrate")
         await Migrator(owner, "migrations", echo=lambda line: print("  " + line)).up()
-        app = os.environ.get("PGACCESS_APP_URL") or with_user(owner, "pgaccess_app")
-        admin = os.environ.get("PGACCESS_ADMIN_URL") or with_user(owner, "pgaccess_admin")
+        app, admin = role_dsns(owner)
         async with Database(Settings(min_size=1), dsn=app, admin_dsn=admin, sql_dir="sql") as db:
             print("== seed")
             timings = await SeedRunner(db, discover_seeders("seeders")).run()

@@ -197,7 +197,7 @@ class Pool:
                 max_size=s.max_size,
                 max_inactive_connection_lifetime=300.0,
                 connect=self._connect,
-                init=self._init_connection,
+                init=init_json_codecs,
                 reset=self._reset,
                 connection_class=Connection,
                 statement_cache_size=s.statement_cache_size,
@@ -268,9 +268,6 @@ class Pool:
         if not self._closing and getattr(con, "_pga_retire_at", 0.0) != -1.0:
             self._lost += 1
 
-    async def _init_connection(self, con: asyncpg.Connection) -> None:
-        await init_json_codecs(con)
-
     async def _reset(self, con: asyncpg.Connection) -> None:
         assert isinstance(con, Connection)
         if time.monotonic() >= con._pga_retire_at:
@@ -294,8 +291,7 @@ class Pool:
         pool = self._pool
         if pool is None or self._closing:
             raise PoolClosed(f"pool {self.name!r} is closed; call await pool.open() first")
-        queue = getattr(pool, "_queue", None)
-        if queue is not None and not queue.empty():
+        if self.has_idle():
             # A free holder is waiting: taking it never blocks (a reconnect is bounded by
             # connect_timeout), so no timer and no wait accounting. This is the hot path.
             proxy = await pool.acquire()

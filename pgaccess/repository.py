@@ -284,19 +284,22 @@ class BaseRepository(Generic[Row]):
 
     async def _insert_via_copy(self, names: list[str], records: list[tuple[Any, ...]],
                                types: dict[str, str], conflict: str) -> int:
-        con = self.uow._check()
+        run, name = self.uow._run, self._run_name("insert_many")
         temp = f"pgaccess_load_{self.table.replace('.', '_')}"
         cols = ", ".join(ident(c) for c in names)
         defs = ", ".join(f"{ident(c)} {types[c]}" for c in names)
+        # ON COMMIT DROP: the temporary table never outlives the unit of work.
+        await run("execute", f"CREATE TEMP TABLE IF NOT EXISTS {ident(temp)} ({defs}) ON COMMIT DROP",
+                  (), name)
+        await run("execute", f"TRUNCATE {ident(temp)}", (), name)
         try:
-            await con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {ident(temp)} ({defs}) ON COMMIT DROP")
-            await con.execute(f"TRUNCATE {ident(temp)}")
-            await con.copy_records_to_table(temp, records=records, columns=names)
-            status = await con.execute(
-                f"INSERT INTO {ident(self.table)} ({cols}) SELECT {cols} FROM {ident(temp)}{conflict}"
-            )
+            await self.uow._check().copy_records_to_table(temp, records=records, columns=names)
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise from_asyncpg(exc, self._run_name("insert_many")) from exc
+            raise from_asyncpg(exc, name) from exc
+        status = await run(
+            "execute", f"INSERT INTO {ident(self.table)} ({cols}) SELECT {cols} FROM {ident(temp)}{conflict}",
+            (), name,
+        )
         return int(status.rsplit(" ", 1)[-1])
 
     async def _column_types(self) -> dict[str, str]:

@@ -8,8 +8,6 @@ passed explicitly. Tenant ids are UUIDs and are validated here, before they reac
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -86,13 +84,3 @@ class tenant_scope:
 
     async def __aexit__(self, *exc: object) -> None:
         self.__exit__()
-
-
-@contextmanager
-def no_tenant() -> Iterator[None]:
-    """Clear the tenant for a block (useful in tests)."""
-    token = _current.set(None)
-    try:
-        yield
-    finally:
-        _current.reset(token)

@@ -219,28 +219,7 @@ class UnitOfWork:
         self, sql: str, args: Iterable[Sequence[Any]], name: str | None = None
     ) -> None:
         self._note_sql(sql)
-        con = self._check()
-        start = time.perf_counter()
-        try:
-            await con.executemany(sql, args)
-        except _DRIVER_ERRORS as exc:
-            raise from_asyncpg(exc, name or _first_line(sql)) from exc
-        duration = _ms(start)
-        if self._log_all or duration >= self._slow_ms:
-            log_query(name or _first_line(sql), duration, self._slow_ms)
-
-    async def copy_records(
-        self, table: str, records: Iterable[Sequence[Any]], columns: Sequence[str],
-        schema: str | None = None,
-    ) -> str:
-        """``COPY table (columns) FROM STDIN`` - only where RLS does not apply to this role."""
-        con = self._check()
-        try:
-            return await con.copy_records_to_table(
-                table, records=records, columns=list(columns), schema_name=schema
-            )
-        except _DRIVER_ERRORS as exc:
-            raise from_asyncpg(exc, f"COPY {table}") from exc
+        await self._run("executemany", sql, (args,), name)
 
     # -- named queries and repositories ---------------------------------------------------
 
@@ -523,7 +502,7 @@ class TransactionContext:
         _active.reset(self._token)
         if exc_type is None:
             await uow._commit()
-            if not self.readonly:
+            if not self.readonly and self.db.read_your_writes:  # only replicas need it
                 last_write_at.set(time.monotonic())
         else:
             await uow._rollback()

@@ -9,8 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..cli import EXIT_OK, Progress, add_dsn, parser, print_json, resolve_dsn, run, table
-from ..config import Settings, with_user
+from ..cli import EXIT_OK, Progress, add_dsn, parser, print_json, resolve_dsn, role_dsns, run, table
+from ..config import Settings
 from ..database import Database
 from . import ENVIRONMENTS, SeedRunner, discover_seeders
 
@@ -37,8 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def body() -> int:
         owner = await resolve_dsn(args.dsn)
-        app = os.environ.get("PGACCESS_APP_URL") or with_user(owner, "pgaccess_app")
-        admin = os.environ.get("PGACCESS_ADMIN_URL") or with_user(owner, "pgaccess_admin")
+        app, admin = role_dsns(owner)
         seeders = discover_seeders(args.dir)
         async with Database(Settings(min_size=0), dsn=app, admin_dsn=admin,
                             sql_dir=args.sql if os.path.isdir(args.sql) else None) as db:
