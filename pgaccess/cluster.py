@@ -178,9 +178,29 @@ def _server_user() -> pwd.struct_passwd:
         ) from None
 
 
+def scratch_dir(min_free: int = 2 << 30) -> str | None:
+    """Where throwaway clusters go: ``PGACCESS_TEST_TMPDIR``, else ``/dev/shm`` when it is
+    a memory file system with ``min_free`` bytes free, else the system default.
+
+    Cloning a test database creates ~700 files; on a virtual disk each create can take
+    ~0.2 ms (a 250 ms clone), in memory it is ~30 ms. A throwaway cluster's data need not
+    survive a reboot, so memory is the right place for it.
+    """
+    chosen = os.environ.get("PGACCESS_TEST_TMPDIR")
+    if chosen:
+        return chosen
+    shm = Path("/dev/shm")
+    try:
+        if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= min_free:
+            return str(shm)
+    except OSError:
+        pass
+    return None
+
+
 def temporary_cluster(prefix: str = "pgaccess-") -> LocalCluster:
-    """Create and start a throwaway cluster in a new temporary directory."""
-    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    """Create and start a throwaway cluster in a new temporary directory (see scratch_dir)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_dir()))
     if os.geteuid() == 0:
         os.chmod(directory, 0o755)
     cluster = LocalCluster(directory)

@@ -155,10 +155,21 @@ async def build_template(server_dsn: str, project: Project, name: str, seed_env:
     return dsn
 
 
-async def clone_database(server_dsn: str, template: str, name: str) -> float:
-    """``CREATE DATABASE name TEMPLATE template``; returns the time it took in ms."""
+async def clone_database(server_dsn: str, template: str, name: str, *, file_copy: bool = False) -> float:
+    """``CREATE DATABASE name TEMPLATE template``; returns the time it took in ms.
+
+    ``file_copy=True`` copies the files and checkpoints instead of WAL-logging every block:
+    twice as fast for a small template, and the checkpoint is cheap on a throwaway
+    cluster (fsync off). Left off for servers pgaccess did not start.
+    """
     start = time.perf_counter()
-    await _admin_exec(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    con = await asyncpg.connect(server_dsn)
+    try:
+        # STRATEGY is new in PostgreSQL 15; before it, FILE_COPY was the only way.
+        strategy = " STRATEGY FILE_COPY" if file_copy and con.get_server_version().major >= 15 else ""
+        await con.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"{strategy}')
+    finally:
+        await con.close()
     return (time.perf_counter() - start) * 1000
 
 
@@ -311,7 +322,8 @@ def migrated_template(
 async def db_dsn(pg_server: TestServer, migrated_template: str) -> AsyncIterator[str]:
     """Owner DSN of a fresh clone of the template, dropped after the test."""
     name = _unique("pgaccess_test")
-    pg_server.clone_ms.append(await clone_database(pg_server.dsn, migrated_template, name))
+    pg_server.clone_ms.append(await clone_database(
+        pg_server.dsn, migrated_template, name, file_copy=pg_server.cluster is not None))
     yield with_database(pg_server.dsn, name)
     await drop_database(pg_server.dsn, name)
 
@@ -332,7 +344,8 @@ async def db(db_dsn: str, pgaccess_project: Project) -> AsyncIterator[Database]:
 def shared_database(pg_server: TestServer, migrated_template: str) -> Iterator[str]:
     """One clone shared by all ``db_tx`` tests (they never commit)."""
     name = _unique("pgaccess_shared")
-    asyncio.run(clone_database(pg_server.dsn, migrated_template, name))
+    asyncio.run(clone_database(pg_server.dsn, migrated_template, name,
+                               file_copy=pg_server.cluster is not None))
     yield with_database(pg_server.dsn, name)
     asyncio.run(drop_database(pg_server.dsn, name))
 

@@ -97,6 +97,7 @@ class Scale(Seeder):
 
     Runs in the system context without a tenant (the admin policy admits every row), as
     one INSERT ... SELECT per table: the fastest load that still goes through RLS checks.
+    Re-running it adds nothing: scale tenants that already have projects are skipped.
     """
 
     depends_on = (Projects,)
@@ -123,8 +124,11 @@ class Scale(Seeder):
             "FROM tenants t CROSS JOIN generate_series(1, $3) AS j "
             "WHERE t.domain LIKE 'scale-%' AND t.id = md5($1 || ':tenant:' || "
             "split_part(split_part(t.domain, '.', 1), '-', 2))::uuid "
+            # Idempotent per tenant (its projects come in this one statement or not at all);
+            # cheaper than ON CONFLICT, whose speculative insertion costs ~10% on 1M rows.
+            "AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.tenant_id = t.id) "
             # Key order makes the primary-key inserts append to the index's right edge.
-            "ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+            "ORDER BY 1, 2",
             seed, EPOCH, SCALE_PROJECTS_PER_TENANT,
         )
 
