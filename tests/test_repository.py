@@ -224,3 +224,21 @@ async def test_insert_many_skip_existing_is_idempotent(db: Database, tenant: uui
         assert await projects.insert_many(rows, skip_existing=True, method="copy") == 0
         with pytest.raises(ParameterError, match="lacks column"):
             await projects.insert_many([{"name": "a"}, {"status": "done"}])
+
+
+async def test_first_page_limit_is_a_checked_int_and_the_statement_has_no_parameters(
+    db: Database, tenant: uuid.UUID
+) -> None:
+    async with db.transaction(tenant=tenant) as uow:
+        projects = uow.repo(ProjectRepository)
+        for bad in (0, 10_001, True, "5; DROP TABLE projects", 2.0):
+            with pytest.raises(ParameterError, match="limit must be an int"):
+                await projects.find_page(limit=bad)  # type: ignore[arg-type]
+        page = await projects.find_page(limit=7)
+        assert len(page.rows) == 7
+        # No parameters: PostgreSQL keeps one generic plan instead of re-planning per call.
+        types = await uow.fetchval(
+            "SELECT parameter_types::text FROM pg_prepared_statements "
+            "WHERE statement LIKE '%ORDER BY%LIMIT 7'"
+        )
+        assert types == "{}"
