@@ -9,7 +9,8 @@ adds them without putting anything on the hot path that costs a round trip:
 * connections are retired after ``max_lifetime`` (with jitter), from the release hook;
 * a connection held longer than ``leak_threshold`` is logged with the place that took it;
 * release skips asyncpg's ``RESET ALL`` round trip for connections that only ran
-  transaction-local work (see :meth:`Pool.mark_dirty` and ``docs/RELEASE.md``);
+  transaction-local work (see :meth:`Pool.mark_dirty` and ``docs/RELEASE.md``), and for
+  those also the Task asyncpg creates per release, while keeping waiters first in line;
 * ``stats()`` in the spirit of psycopg_pool's ``get_stats()``;
 * ``close()`` waits for in-flight work up to a deadline, then terminates and says who held
   connections.
@@ -362,6 +363,21 @@ class Pool:
             self._held.pop(id(con), None)
         pool = self._pool
         if pool is None:
+            return
+        raw: Any = con._con  # asyncpg internals below (_protocol, _on_release, _holder)
+        if (raw is not None and not raw._pga_dirty and not raw.is_closed()
+                and not raw.is_in_transaction() and not raw._protocol._is_cancelling()
+                and raw._pga_retire_at > time.monotonic()):
+            # Nothing to roll back, reset or close, so no await below suspends and a
+            # cancellation cannot cut the release short: asyncpg's own release shields it
+            # with a new Task per call, the costliest step of a unit of work's client side.
+            raw._on_release()
+            await con._holder.release(None)
+            if self._waiting:
+                # Let the waiter that was just woken take the connection before this task
+                # (which may go straight on to its next unit of work) can barge in and take
+                # it back: without this, waiters starve under saturation.
+                await asyncio.sleep(0)
             return
         await pool.release(con)
 
