@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from pgaccess import Database, Settings
+from pgaccess.cluster import scratch_dir
 from pgaccess.config import with_database, with_user
 from pgaccess.migrate import Migrator
 from pgaccess.pool import init_json_codecs
@@ -643,7 +644,8 @@ def machine_notes(server_version: str) -> str:
         except metadata.PackageNotFoundError:
             libs.append(f"{lib} (not installed)")
     return (f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}\n"
-            f"- PostgreSQL: {server_version} (throwaway cluster, unix socket, fsync=off)\n"
+            f"- PostgreSQL: {server_version} (throwaway cluster in {scratch_dir() or 'the temp dir'}, "
+            "unix socket, fsync=off)\n"
             f"- libraries: {', '.join(libs)}\n")
 
 
@@ -679,6 +681,7 @@ async def main_async(args: argparse.Namespace) -> str:
     report = ["# pgaccess benchmark results\n", machine_notes(version),
               f"- run: `python -m bench{' --smoke' if args.smoke else ''}`; {args.rounds if not args.smoke else 1} "
               f"interleaved rounds of {args.burst if not args.smoke else 0.1}s per implementation; "
+              "the order rotates each round and every burst starts after gc.collect(); "
               "latencies over all rounds; ratio = ops/s divided by the raw-asyncpg RLS floor's\n"]
     for workload, concurrency, results in tables:
         report.append(render_table(workload, concurrency, results, trips))
