@@ -86,8 +86,10 @@ async def test_keyset_pagination_visits_every_row_once_under_concurrent_inserts(
     stop = asyncio.Event()
 
     async def writer() -> None:
+        # Bounded: a writer that inserts faster than the reader pages would keep adding rows
+        # after the cursor, and the walk would never reach the end.
         i = 0
-        while not stop.is_set():
+        while not stop.is_set() and i < 300:
             async with db.transaction(tenant=tenant) as uow:
                 await uow.repo(ProjectRepository).insert(name=f"concurrent-{i}")
             i += 1
