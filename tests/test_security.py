@@ -127,6 +127,18 @@ async def test_signed_context_blocks_injected_set_config(signed_db: Database, te
             assert await uow.repo(ProjectRepository).count() == 20
 
 
+async def test_signed_context_verifies_once_per_statement_and_still_guards_writes(
+        signed_db: Database, tenant: uuid.UUID, other_tenant: uuid.UUID) -> None:
+    async with signed_db.transaction(tenant=tenant) as uow:
+        plan = "\n".join(r[0] for r in await uow.fetch("EXPLAIN (VERBOSE) SELECT * FROM projects"))
+    # The restrictive guard verifies; the permissive policy compares with the claimed tenant.
+    assert plan.count("verified_tenant_id") == 1, plan
+    with pytest.raises(InsufficientPrivilege, match="signature is missing or invalid"):
+        async with signed_db.transaction(tenant=tenant) as uow:  # unsigned, injected
+            await uow.fetchval("SELECT set_config('app.tenant_id', $1, true)", str(other_tenant))
+            await uow.execute("INSERT INTO projects (tenant_id, name) VALUES ($1, 'x')", other_tenant)
+
+
 async def test_roles(db_dsn: str) -> None:
     con = await asyncpg.connect(with_user(db_dsn, "pgaccess_app"))
     try:
