@@ -66,10 +66,21 @@ class Result:
     seconds: float = 0.0
     ops: int = 0
     round_trips: float | None = None
+    bursts: list[float] = field(default_factory=list)  # ops/s of each burst, in round order
 
     @property
     def ops_per_s(self) -> float:
         return self.ops / self.seconds if self.seconds else 0.0
+
+    def ratio_to(self, base: Result) -> float:
+        """Median over rounds of this burst's ops/s over the base's burst in the same round.
+
+        Bursts of one round run back to back, so pairing them cancels the drift of a shared
+        machine's speed over a run; the totals' ratio would not.
+        """
+        if len(self.bursts) == len(base.bursts) and all(base.bursts):
+            return statistics.median(a / b for a, b in zip(self.bursts, base.bursts, strict=True))
+        return self.ops_per_s / base.ops_per_s if base.ops_per_s else 0.0
 
     def pct(self, p: float) -> float:
         if not self.latencies:
@@ -105,9 +116,12 @@ async def run_burst(op: Op, concurrency: int, seconds: float, result: Result, of
             result.latencies.append(time.perf_counter() - start)
             result.ops += 1
 
+    ops_before = result.ops
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result.seconds += time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    result.seconds += elapsed
+    result.bursts.append((result.ops - ops_before) / elapsed)
 
 
 # -- implementations -------------------------------------------------------------------
@@ -631,7 +645,7 @@ def render_table(workload: str, concurrency: int, results: list[Result],
     for r in results:
         rt = (trips or {}).get((workload, r.impl))
         lines.append(f"| {r.impl} | {r.ops_per_s:,.0f} | {r.pct(0.5):.3f} | {r.pct(0.99):.3f} | "
-                     f"{r.ops_per_s / base.ops_per_s if base.ops_per_s else 0:.2f} | "
+                     f"{r.ratio_to(base):.2f} | "
                      f"{'' if rt is None else f'{rt:.1f}'} |")
     return "\n".join(lines)
 
@@ -682,7 +696,8 @@ async def main_async(args: argparse.Namespace) -> str:
               f"- run: `python -m bench{' --smoke' if args.smoke else ''}`; {args.rounds if not args.smoke else 1} "
               f"interleaved rounds of {args.burst if not args.smoke else 0.1}s per implementation; "
               "the order rotates each round and every burst starts after gc.collect(); "
-              "latencies over all rounds; ratio = ops/s divided by the raw-asyncpg RLS floor's\n"]
+              "latencies over all rounds; ratio = median over rounds of ops/s divided by the raw-asyncpg "
+              "RLS floor's in the same round\n"]
     for workload, concurrency, results in tables:
         report.append(render_table(workload, concurrency, results, trips))
     report.append("\n### W4 bulk insert of "
@@ -706,7 +721,7 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dsn", help="superuser DSN of a server to use (default: a throwaway cluster)")
     p.add_argument("--smoke", action="store_true", help="tiny data, one short round (CI)")
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--burst", type=float, default=0.5, help="seconds per implementation per round")
     p.add_argument("--out", help="also write the markdown report here")
     args = p.parse_args()
