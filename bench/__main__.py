@@ -6,8 +6,9 @@
     python -m bench --out bench/RESULTS.md
 
 Every table shows ops/s, p50 and p99 and the ratio to the hand-written raw-asyncpg RLS floor
-measured in the same run (implementations run interleaved, round by round). No assertions:
-numbers are reported, never tested.
+measured in the same run: each burst of an implementation runs between two floor bursts and
+is compared with their mean, round by round (the median over rounds is reported). No
+assertions: numbers are reported, never tested.
 """
 
 from __future__ import annotations
@@ -66,21 +67,17 @@ class Result:
     seconds: float = 0.0
     ops: int = 0
     round_trips: float | None = None
-    bursts: list[float] = field(default_factory=list)  # ops/s of each burst, in round order
+    bursts: list[float] = field(default_factory=list)  # ops/s of each burst, in order
+    ratios: list[float] = field(default_factory=list)  # per round, to the adjacent floor bursts
 
     @property
     def ops_per_s(self) -> float:
         return self.ops / self.seconds if self.seconds else 0.0
 
-    def ratio_to(self, base: Result) -> float:
-        """Median over rounds of this burst's ops/s over the base's burst in the same round.
-
-        Bursts of one round run back to back, so pairing them cancels the drift of a shared
-        machine's speed over a run; the totals' ratio would not.
-        """
-        if len(self.bursts) == len(base.bursts) and all(base.bursts):
-            return statistics.median(a / b for a, b in zip(self.bursts, base.bursts, strict=True))
-        return self.ops_per_s / base.ops_per_s if base.ops_per_s else 0.0
+    @property
+    def ratio(self) -> float:
+        """Median over rounds of this burst's ops/s over its neighbouring floor bursts'."""
+        return statistics.median(self.ratios) if self.ratios else 1.0
 
     def pct(self, p: float) -> float:
         if not self.latencies:
@@ -398,12 +395,19 @@ async def measure_workloads(env: Env, rounds: int, burst: float) -> list[tuple[s
                 results = {name: Result(name) for name in ops}
                 for name, op in ops.items():  # warm-up
                     await run_burst(op, concurrency, min(0.2, burst), Result(name), 0)
-                names = list(ops)
+                floor, others = results[FLOOR], [n for n in ops if n != FLOOR]
                 for r in range(rounds):
-                    # Interleaved: every implementation once per round, starting one further
-                    # along each round so no implementation always follows the same other.
-                    for name in names[r % len(names):] + names[:r % len(names)]:
-                        await run_burst(ops[name], concurrency, burst, results[name], r * 1_000_000)
+                    # Every implementation once per round, each between two floor bursts:
+                    # its ratio is taken against the mean of its two neighbours, which
+                    # cancels the drift of a shared machine's speed. The order rotates each
+                    # round so no implementation always follows the same other.
+                    offset = r * 1_000_000
+                    await run_burst(ops[FLOOR], concurrency, burst, floor, offset)
+                    for name in others[r % len(others):] + others[:r % len(others)]:
+                        await run_burst(ops[name], concurrency, burst, results[name], offset)
+                        await run_burst(ops[FLOOR], concurrency, burst, floor, offset)
+                        before, after = floor.bursts[-2:]
+                        results[name].ratios.append(results[name].bursts[-1] / ((before + after) / 2))
                 out.append((workload, concurrency, list(results.values())))
                 print(render_table(workload, concurrency, list(results.values())), flush=True)
     finally:
@@ -638,14 +642,13 @@ async def prepare(server_dsn: str, socket: str | None, tenants: int, smoke: bool
 
 def render_table(workload: str, concurrency: int, results: list[Result],
                  trips: dict[tuple[str, str], float] | None = None) -> str:
-    base = next((r for r in results if r.impl == FLOOR), results[0])
     lines = [f"\n### {workload} - concurrency {concurrency}\n",
              "| implementation | ops/s | p50 ms | p99 ms | ratio to floor | round trips |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         rt = (trips or {}).get((workload, r.impl))
         lines.append(f"| {r.impl} | {r.ops_per_s:,.0f} | {r.pct(0.5):.3f} | {r.pct(0.99):.3f} | "
-                     f"{r.ratio_to(base):.2f} | "
+                     f"{r.ratio:.2f} | "
                      f"{'' if rt is None else f'{rt:.1f}'} |")
     return "\n".join(lines)
 
@@ -696,8 +699,8 @@ async def main_async(args: argparse.Namespace) -> str:
               f"- run: `python -m bench{' --smoke' if args.smoke else ''}`; {args.rounds if not args.smoke else 1} "
               f"interleaved rounds of {args.burst if not args.smoke else 0.1}s per implementation; "
               "the order rotates each round and every burst starts after gc.collect(); "
-              "latencies over all rounds; ratio = median over rounds of ops/s divided by the raw-asyncpg "
-              "RLS floor's in the same round\n"]
+              "latencies over all rounds; each burst runs between two bursts of the raw-asyncpg RLS floor, "
+              "and ratio = median over rounds of its ops/s divided by the mean of those two\n"]
     for workload, concurrency, results in tables:
         report.append(render_table(workload, concurrency, results, trips))
     report.append("\n### W4 bulk insert of "
