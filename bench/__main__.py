@@ -34,7 +34,6 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from pgaccess import Database, Settings
-from pgaccess.cluster import scratch_dir
 from pgaccess.config import with_database, with_user
 from pgaccess.migrate import Migrator
 from pgaccess.pool import init_json_codecs
@@ -463,23 +462,17 @@ async def measure_bulk(env: Env, rows: int, reps: int) -> list[tuple[str, float]
             rows_ = system_data if system else data
             await uow.repo(ProjectRepository).insert_many(rows_, method=method)  # type: ignore[arg-type]
 
-    async def executemany() -> None:
+    async def row_by_row(pipelined: bool) -> None:
+        """The hand-written RLS way: asyncpg's pipelined executemany, or one await per row."""
+        insert = "INSERT INTO projects (tenant_id, name, status) VALUES ($1, $2, $3)"
         con = await asyncpg.connect(app)
         try:
             await con.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{t}', true)")
-            await con.executemany("INSERT INTO projects (tenant_id, name, status) VALUES ($1, $2, $3)",
-                                  [(t, r["name"], r["status"]) for r in data])
-            await con.execute("COMMIT")
-        finally:
-            await con.close()
-
-    async def one_await_per_row() -> None:
-        con = await asyncpg.connect(app)
-        try:
-            await con.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{t}', true)")
-            for r in data:
-                await con.execute("INSERT INTO projects (tenant_id, name, status) VALUES ($1, $2, $3)",
-                                  t, r["name"], r["status"])
+            if pipelined:
+                await con.executemany(insert, [(t, r["name"], r["status"]) for r in data])
+            else:
+                for r in data:
+                    await con.execute(insert, t, r["name"], r["status"])
             await con.execute("COMMIT")
         finally:
             await con.close()
@@ -503,9 +496,9 @@ async def measure_bulk(env: Env, rows: int, reps: int) -> list[tuple[str, float]
                 for _ in range(5):
                     await timed(f"crossover {n:>5} rows: unnest", lambda n=n: crossover(n, "unnest"))
                     await timed(f"crossover {n:>5} rows: COPY->temp", lambda n=n: crossover(n, "copy"))
-        await timed("asyncpg one INSERT per await, row by row (RLS; one run)", one_await_per_row)
+        await timed("asyncpg one INSERT per await, row by row (RLS; one run)", lambda: row_by_row(False))
         for _ in range(reps):
-            await timed("asyncpg executemany, pipelined (RLS)", executemany)
+            await timed("asyncpg executemany, pipelined (RLS)", lambda: row_by_row(True))
             await timed("pgaccess insert_many unnest (RLS)", lambda: pga("unnest", False))
             await timed("pgaccess insert_many COPY->temp->INSERT (RLS)", lambda: pga("copy", False))
             await timed("pgaccess insert_many system context (admin, auto)", lambda: pga("auto", True))
@@ -653,7 +646,7 @@ def render_table(workload: str, concurrency: int, results: list[Result],
     return "\n".join(lines)
 
 
-def machine_notes(server_version: str) -> str:
+def machine_notes(server_version: str, where: str) -> str:
     libs = []
     for lib in ("asyncpg", "aiosql", "SQLAlchemy", "psycopg", "psycopg-pool", "structlog", "tenacity"):
         try:
@@ -661,13 +654,13 @@ def machine_notes(server_version: str) -> str:
         except metadata.PackageNotFoundError:
             libs.append(f"{lib} (not installed)")
     return (f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}\n"
-            f"- PostgreSQL: {server_version} (throwaway cluster in {scratch_dir() or 'the temp dir'}, "
-            "unix socket, fsync=off)\n"
+            f"- PostgreSQL: {server_version} ({where})\n"
             f"- libraries: {', '.join(libs)}\n")
 
 
 async def main_async(args: argparse.Namespace) -> str:
     server = None
+    where = "the server given by --dsn / PGACCESS_TEST_DSN"
     if args.dsn:
         server_dsn, socket = args.dsn, None
         q = parse_qs(urlsplit(args.dsn).query)
@@ -677,6 +670,8 @@ async def main_async(args: argparse.Namespace) -> str:
         server = start_test_server()
         server_dsn = server.dsn
         socket = str(server.cluster.socket_dir / ".s.PGSQL.5432") if server.cluster else None
+        if server.cluster is not None:
+            where = f"throwaway cluster in {server.cluster.directory.parent}, unix socket, fsync=off"
     try:
         con = await asyncpg.connect(server_dsn)
         version = await con.fetchval("SHOW server_version")
@@ -695,7 +690,7 @@ async def main_async(args: argparse.Namespace) -> str:
     finally:
         if server is not None:
             server.stop()
-    report = ["# pgaccess benchmark results\n", machine_notes(version),
+    report = ["# pgaccess benchmark results\n", machine_notes(version, where),
               f"- run: `python -m bench{' --smoke' if args.smoke else ''}`; {args.rounds if not args.smoke else 1} "
               f"interleaved rounds of {args.burst if not args.smoke else 0.1}s per implementation; "
               "the order rotates each round and every burst starts after gc.collect(); "
