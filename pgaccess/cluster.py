@@ -61,6 +61,8 @@ class LocalCluster:
     directory: Path
     port: int = 5432
     user: str = "postgres"
+    # Lines appended to postgresql.conf at init (after pgaccess's own, so they win).
+    extra_conf: tuple[str, ...] = ()
 
     @property
     def data_dir(self) -> Path:
@@ -113,6 +115,7 @@ class LocalCluster:
                 "max_prepared_transactions = 10\nlog_min_messages = warning\n"
                 "wal_level = replica\nmax_wal_senders = 4\n"
             )
+            fh.writelines(f"{line}\n" for line in self.extra_conf)
 
     def start(self, timeout: int = 30) -> None:
         if not self.is_initialised():
@@ -198,11 +201,13 @@ def scratch_dir(min_free: int = 2 << 30) -> str | None:
     return None
 
 
-def temporary_cluster(prefix: str = "pgaccess-") -> LocalCluster:
+def temporary_cluster(
+    prefix: str = "pgaccess-", *, port: int = 5432, extra_conf: tuple[str, ...] = ()
+) -> LocalCluster:
     """Create and start a throwaway cluster in a new temporary directory (see scratch_dir)."""
     directory = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_dir()))
     if os.geteuid() == 0:
         os.chmod(directory, 0o755)
-    cluster = LocalCluster(directory)
+    cluster = LocalCluster(directory, port=port, extra_conf=extra_conf)
     cluster.start()
     return cluster
