@@ -141,6 +141,10 @@ class LocalCluster:
             ]
         )
 
+    def reload(self) -> None:
+        """Re-read postgresql.conf (for settings that do not need a restart)."""
+        self._run(["pg_ctl", "reload", "-D", str(self.data_dir)])
+
     def destroy(self) -> None:
         self.stop(mode="immediate")
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -84,6 +84,7 @@ class TemporaryCitusCluster:
                 "pgaccess-citus-coord-", port=self.base_port,
                 extra_conf=(*NODE_CONF, f"citus.shard_count = {self.shard_count}"),
             )
+            _name_itself(self.coordinator)
             for _ in range(self.worker_count):
                 self._start_worker()
         except BaseException:
@@ -95,6 +96,7 @@ class TemporaryCitusCluster:
         port = self.base_port + 1 + len(self.workers)
         worker = temporary_cluster("pgaccess-citus-worker-", port=port, extra_conf=NODE_CONF)
         self.workers.append(worker)
+        _name_itself(worker)
         return worker
 
     def destroy(self) -> None:
@@ -162,6 +164,14 @@ class TemporaryCitusCluster:
     async def _add_node(self, coordinator_dsn: str, worker: LocalCluster) -> None:
         host, port = self.node_address(worker)
         await _exec(coordinator_dsn, f"SELECT citus_add_node('{host}', {port})")
+
+
+def _name_itself(node: LocalCluster) -> None:
+    """Background jobs (the rebalancer) connect to their own node by citus.local_hostname,
+    'localhost' over TCP by default; these nodes only listen on their socket."""
+    with (node.data_dir / "postgresql.conf").open("a") as fh:
+        fh.write(f"citus.local_hostname = '{node.socket_dir}'\n")
+    node.reload()
 
 
 async def _exec(dsn: str, sql: str) -> None:
