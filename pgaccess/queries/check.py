@@ -6,9 +6,10 @@ result - parameters and columns with PostgreSQL and Python types and nullability
 compared with the query's declared operation, with its row class (a ``-- row: Name`` doc
 line) and with the committed lock file, so a broken or drifted query fails before deploy.
 
-Nullability: a column read straight from a table is nullable when the column is, or when
-its table sits on the nullable side of an outer join (found by walking the plan); any other
-expression is nullable unless a ``-- not-null: col, col`` doc line says otherwise.
+Nullability is inferred from the statement itself (:mod:`.nullability`: each column resolved
+to its source with PostgreSQL's parser, then NOT NULL constraints, outer joins and expression
+rules), never from the plan, so the answer is the same for every role, data set and plan. A
+``-- not-null: col, col`` doc line overrides it where the inference cannot know.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from ..errors import QueryLoadError
-from . import NamedQuery, QuerySet, load_queries
+from . import NamedQuery, QuerySet, load_queries, nullability
 
 _PY_TYPES = {
     "int2": "int", "int4": "int", "int8": "int", "oid": "int",
@@ -39,8 +40,6 @@ _PY_TYPES = {
 _DOC_ROW = re.compile(r"^row:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
 _DOC_NOT_NULL = re.compile(r"^not-null:\s*(?P<cols>.+)$", re.MULTILINE)
 _IN_PARAM = re.compile(r"\bIN\s*\(?\s*\$\d+\s*\)?", re.IGNORECASE)
-_QUALIFIED = re.compile(r'^"?(?P<alias>[^".]+)"?\."?(?P<col>[^".]+)"?$')
-_NEVER_NULL_EXPR = re.compile(r"^\(?count\((\*|[^)]*)\)\)?$", re.IGNORECASE)
 
 
 @dataclass
@@ -114,45 +113,18 @@ async def _type_info(con: asyncpg.Connection, oids: set[int]) -> dict[int, tuple
     return out
 
 
-def _plan_relations(plan: dict[str, Any]) -> dict[str, tuple[str, str, bool]]:
-    """alias -> (schema, relation, on the nullable side of an outer join)."""
-    found: dict[str, tuple[str, str, bool]] = {}
-
-    def walk(node: dict[str, Any], nullable: bool) -> None:
-        if "Relation Name" in node:
-            alias = node.get("Alias", node["Relation Name"])
-            found[alias] = (node.get("Schema", "public"), node["Relation Name"], nullable)
-        join = node.get("Join Type")
-        for child in node.get("Plans", []):
-            side = child.get("Parent Relationship")
-            child_nullable = nullable or join == "Full" or (
-                (join == "Left" and side == "Inner") or (join == "Right" and side == "Outer")
-            )
-            walk(child, child_nullable)
-
-    walk(plan, False)
-    return found
-
-
-async def _not_null_columns(
-    con: asyncpg.Connection, relations: set[tuple[str, str]]
-) -> dict[tuple[str, str], set[str]]:
-    if not relations:
-        return {}
-    rows = await con.fetch(
-        """
-        SELECT n.nspname, c.relname, a.attname
-        FROM unnest($1::text[], $2::text[]) AS r(schema, rel)
-        JOIN pg_namespace n ON n.nspname = r.schema
-        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = r.rel
-        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND a.attnotnull
-        """,
-        [s for s, _ in relations], [r for _, r in relations],
-    )
-    out: dict[tuple[str, str], set[str]] = {}
-    for r in rows:
-        out.setdefault((r["nspname"], r["relname"]), set()).add(r["attname"])
-    return out
+async def infer_nullable(con: asyncpg.Connection, query: NamedQuery, names: list[str]) -> list[bool]:
+    """Per output column, can it be NULL: inferred from the statement (see nullability),
+    ``True`` where not understood, ``False`` where ``-- not-null:`` says so. A ``$`` query's
+    value is also None when the statement may return no row."""
+    stmt = nullability.parse(query.sql)
+    inferred = nullability.infer(stmt, await nullability.load_catalog(con, stmt))
+    n = len(names)
+    result = inferred if inferred is not None and len(inferred) == n else [True] * n
+    if query.operation == "select_value" and not nullability.one_row(stmt):
+        result = [True] * n
+    forced = declared_not_null(query)
+    return [can and name not in forced for can, name in zip(result, names, strict=True)]
 
 
 async def describe(con: asyncpg.Connection, query: NamedQuery) -> tuple[QueryDescription, list[str]]:
@@ -174,15 +146,11 @@ async def describe(con: asyncpg.Connection, query: NamedQuery) -> tuple[QueryDes
     if len(params) != len(query.params):
         errors.append(f"{where}: query {query.name} declares {len(query.params)} parameters, "
                       f"PostgreSQL sees {len(params)}")
-    plan: dict[str, Any] = {}
     try:
         await con.execute("SAVEPOINT pgaccess_check")
         nulls = ", ".join("NULL" for _ in params)
         await con.execute(f"PREPARE pgaccess_check_q AS {query.sql}")
-        raw = await con.fetchval(
-            f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE pgaccess_check_q{f'({nulls})' if params else ''}"
-        )
-        plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+        await con.execute(f"EXPLAIN EXECUTE pgaccess_check_q{f'({nulls})' if params else ''}")
         await con.execute("RELEASE SAVEPOINT pgaccess_check; DEALLOCATE pgaccess_check_q")
     except asyncpg.PostgresError as exc:
         await con.execute("ROLLBACK TO SAVEPOINT pgaccess_check")
@@ -190,26 +158,10 @@ async def describe(con: asyncpg.Connection, query: NamedQuery) -> tuple[QueryDes
             await con.execute("DEALLOCATE pgaccess_check_q")
         errors.append(f"{where}: query {query.name} does not EXPLAIN as this role with RLS on: "
                       f"{exc} (SQLSTATE {exc.sqlstate})")
-    relations = _plan_relations(plan) if plan else {}
-    not_null = await _not_null_columns(con, {(s, r) for s, r, _ in relations.values()})
-    outputs: list[str] = plan.get("Output", []) if plan else []
-    forced = declared_not_null(query)
-    for i, a in enumerate(attrs):
-        nullable = True
-        expr = outputs[i] if i < len(outputs) else ""
-        m = _QUALIFIED.match(expr)
-        if m and m.group("alias") in relations:
-            schema, rel, outer = relations[m.group("alias")]
-            nullable = outer or m.group("col") not in not_null.get((schema, rel), set())
-        elif expr and re.fullmatch(r"\w+", expr) and "Relation Name" in plan:
-            schema, rel = plan.get("Schema", "public"), plan["Relation Name"]
-            nullable = expr not in not_null.get((schema, rel), set())
-        elif _NEVER_NULL_EXPR.match(expr):
-            nullable = False
-        if a.name in forced:
-            nullable = False
+    nullable = await infer_nullable(con, query, [a.name for a in attrs])
+    for a, can_be_null in zip(attrs, nullable, strict=True):
         formatted, py = types.get(a.type.oid, (a.type.name, "Any"))
-        desc.columns.append(Column(a.name, formatted, py, nullable))
+        desc.columns.append(Column(a.name, formatted, py, can_be_null))
     errors += _operation_errors(query, desc, where)
     return desc, errors
 

@@ -1,16 +1,19 @@
 """``python -m pgaccess.queries check|gen`` (also ``pgaccess queries``).
 
-``check`` prepares and explains every named query (as the app role, RLS on) on ``--dsn`` or,
-without it, on a throwaway database migrated from ``--migrations``; it reports parameters and
+``check`` prepares and explains every named query (as the app role, RLS on) on ``--dsn`` or
+``$DATABASE_URL`` or, without either, on a throwaway server (PostgreSQL binaries of this
+machine, or ``$PGACCESS_TEST_DSN``) migrated from ``--migrations``; it reports parameters and
 columns with types and nullability and fails on broken queries, operator mismatches,
 ``IN :list``, row classes that disagree and a stale lock file. ``check --offline`` verifies
-the Python side against the lock file without a database. ``gen`` writes row classes.
+the Python side against the lock file without a database. ``gen`` writes row classes and a
+typed ``Queries`` class (``queries(uow).name(...)``) for mypy.
 
 Exit codes: 0 ok, 1 problems found (each names file and line), 2 usage.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
-from ..cli import EXIT_FAIL, EXIT_OK, add_dsn, parser, print_json, run, table
+from ..cli import EXIT_FAIL, EXIT_OK, parser, print_json, run, table
 from ..config import with_database, with_user
 from ..errors import PgAccessError
 from . import load_queries
@@ -28,19 +31,32 @@ from .gen import generate
 
 @asynccontextmanager
 async def database(dsn: str | None, migrations: str) -> AsyncIterator[tuple[str, str, str | None]]:
-    """(owner, app, admin DSNs): the given one, or a throwaway migrated database."""
+    """(owner, app, admin DSNs): ``dsn`` (then ``$DATABASE_URL``), with the system context on
+    ``$PGACCESS_ADMIN_URL`` when set; else a throwaway server migrated from ``migrations``."""
+    dsn = dsn or os.environ.get("DATABASE_URL")
     if dsn:
-        yield dsn, dsn, None
+        yield dsn, dsn, os.environ.get("PGACCESS_ADMIN_URL")
         return
-    from ..migrate import Migrator
-    from ..testing import _admin_exec, start_test_server
+    async with throwaway_database(migrations) as dsns:
+        yield dsns
 
-    server = start_test_server()
-    name = "pgaccess_queries_check"
+
+@asynccontextmanager
+async def throwaway_database(migrations: str) -> AsyncIterator[tuple[str, str, str | None]]:
+    """A private cluster (or ``$PGACCESS_TEST_DSN``'s server) with a migrated database."""
+    from ..cluster import temporary_cluster
+    from ..migrate import Migrator
+
+    cluster = None
+    server_dsn = os.environ.get("PGACCESS_TEST_DSN")
+    if server_dsn is None:
+        cluster = temporary_cluster(prefix="pgaccess-check-")
+        server_dsn = cluster.dsn()
+    name = f"pgaccess_queries_check_{os.getpid()}"
     try:
-        await _admin_exec(server.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await _admin_exec(server.dsn, f'CREATE DATABASE "{name}"')
-        owner = with_database(server.dsn, name)
+        await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+                     f'CREATE DATABASE "{name}"')
+        owner = with_database(server_dsn, name)
         await Migrator(owner, migrations, echo=lambda _: None).up()
         con = await asyncpg.connect(owner)
         try:
@@ -51,9 +67,20 @@ async def database(dsn: str | None, migrations: str) -> AsyncIterator[tuple[str,
             yield owner, with_user(owner, "pgaccess_app"), with_user(owner, "pgaccess_admin")
         else:
             yield owner, owner, None
-        await _admin_exec(server.dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
-        server.stop()
+        if cluster is not None:
+            cluster.destroy()
+        else:
+            await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(dsn: str, *statements: str) -> None:
+    con = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await con.execute(statement)
+    finally:
+        await con.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("check", "gen"):
         c = sub.add_parser(name)
-        add_dsn(c)
+        c.add_argument("--dsn", help="database URL (default: $DATABASE_URL, else a throwaway "
+                       "server migrated from --migrations); $PGACCESS_ADMIN_URL checks "
+                       "`-- context: system` queries")
         c.add_argument("--sql", default="sql", help="named SQL directory (default: sql)")
         c.add_argument("--migrations", default="migrations",
                        help="migrations for the throwaway database when --dsn is not given")
