@@ -11,34 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pgaccess import Database, Settings
-from pgaccess.citus import TENANT_PROPAGATION
-from pgaccess.config import with_user
-from pgaccess.devdb.citus import TemporaryCitusCluster
+from pgaccess import Database
+from pgaccess.devdb.citus import TemporaryCitusCluster, citus_database, migrate_and_seed
 from pgaccess.errors import ConfigError
-from pgaccess.migrate import Migrator
-from pgaccess.seed import SeedRunner, discover_seeders
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "pgaccess_citus"
 SHARD_COUNT = 8
-
-
-def citus_database(owner_dsn: str, **settings: object) -> Database:
-    """A Database on the coordinator as the app role, with the tenant sent so Citus forwards it."""
-    base = Settings(min_size=0, max_size=10, acquire_timeout=10.0,
-                    server_settings=dict([TENANT_PROPAGATION]))
-    return Database(
-        base.replace(**settings), dsn=with_user(owner_dsn, "pgaccess_app"),
-        admin_dsn=with_user(owner_dsn, "pgaccess_admin"), sql_dir=ROOT / "sql",
-        tenant_set_local=True,
-    )
-
-
-async def migrate_and_seed(owner_dsn: str) -> None:
-    await Migrator(owner_dsn, ROOT / "migrations", echo=lambda _: None).up()
-    async with citus_database(owner_dsn) as db:
-        await SeedRunner(db, discover_seeders(ROOT / "seeders"), env="test").run()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +39,7 @@ def citus_dsn(citus_cluster: TemporaryCitusCluster) -> str:
 
     async def build() -> str:
         dsn = await citus_cluster.create_database(DATABASE)
-        await migrate_and_seed(dsn)
+        await migrate_and_seed(dsn, ROOT)
         return dsn
 
     return asyncio.run(build())
@@ -68,5 +47,5 @@ def citus_dsn(citus_cluster: TemporaryCitusCluster) -> str:
 
 @pytest.fixture
 async def citus_db(citus_dsn: str) -> AsyncIterator[Database]:
-    async with citus_database(citus_dsn) as db:
+    async with citus_database(citus_dsn, ROOT / "sql") as db:
         yield db

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
+from ..citus import TENANT_PROPAGATION
 from ..cluster import LocalCluster, find_bindir, temporary_cluster
-from ..config import with_database
+from ..config import Settings, with_database, with_user
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..database import Database
 
 BUILD_HINT = (
     "Citus is not installed in the local PostgreSQL ({libdir} has no citus.so). Build and "
@@ -164,6 +169,30 @@ class TemporaryCitusCluster:
     async def _add_node(self, coordinator_dsn: str, worker: LocalCluster) -> None:
         host, port = self.node_address(worker)
         await _exec(coordinator_dsn, f"SELECT citus_add_node('{host}', {port})")
+
+
+def citus_database(owner_dsn: str, sql_dir: Path | None = None, **settings: object) -> Database:
+    """A Database on a coordinator (or plain server) as the app/admin roles, sending the
+    tenant with SET LOCAL and citus.propagate_set_commands = 'local' so it reaches the workers.
+    """
+    from ..database import Database
+
+    base = Settings(min_size=0, max_size=10, acquire_timeout=10.0,
+                    server_settings=dict([TENANT_PROPAGATION]))
+    return Database(
+        base.replace(**settings), dsn=with_user(owner_dsn, "pgaccess_app"),
+        admin_dsn=with_user(owner_dsn, "pgaccess_admin"), sql_dir=sql_dir, tenant_set_local=True,
+    )
+
+
+async def migrate_and_seed(owner_dsn: str, project: Path, env: str = "test") -> None:
+    """Apply ``project``/migrations through ``owner_dsn`` and run ``project``/seeders."""
+    from ..migrate import Migrator
+    from ..seed import SeedRunner, discover_seeders
+
+    await Migrator(owner_dsn, project / "migrations", echo=lambda _: None).up()
+    async with citus_database(owner_dsn, project / "sql") as db:
+        await SeedRunner(db, discover_seeders(project / "seeders"), env=env).run()
 
 
 def _name_itself(node: LocalCluster) -> None:
