@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgaccess import QueryLoadError, TenantError, parse_tenant_id
+from pgaccess.migrate.split import SplitError, split_statements
 from pgaccess.queries import load_queries_from_str
-from pgaccess.sqlsplit import SplitError, split_statements
 
 SQLISH = st.text(alphabet=list("ab ;'\"$-/*\nE()\\:x1_"), max_size=120)
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from pgaccess import MigrationError
-from pgaccess.migrate import Migrator, checksum, load_directory, tenant_schema_name
+from pgaccess.migrate import LockRetry, Migrator, Rollout, checksum, load_directory, tenant_schema_name
 
 
 def write(d: Path, name: str, sql: str) -> Path:
@@ -205,7 +205,9 @@ async def test_baseline_marks_without_running(empty_dsn: str, mdir: Path) -> Non
 async def test_dry_run_changes_nothing(empty_dsn: str, mdir: Path) -> None:
     lines: list[str] = []
     planned = await Migrator(empty_dsn, mdir, echo=lines.append).up(dry_run=True)
-    assert planned == ["0001", "0002"] and lines == ["would apply 0001 create_a", "would apply 0002 insert_a"]
+    assert planned == ["0001", "0002"]
+    assert "  would apply 0001 create_a (one transaction; lock_timeout=5s)" in lines
+    assert "  would apply 0002 insert_a (one transaction; lock_timeout=5s)" in lines
     assert await fetchval(empty_dsn, "SELECT to_regclass('a')") is None
     assert (await Migrator(empty_dsn, mdir).status()).exit_code() == 3
 
@@ -233,7 +235,7 @@ async def test_lock_timeout_fails_fast_with_a_clear_message(empty_dsn: str, mdir
         await holder.execute("BEGIN; LOCK TABLE a IN ACCESS SHARE MODE")
         start = time.monotonic()
         with pytest.raises(MigrationError) as info:
-            await Migrator(empty_dsn, mdir).up()
+            await Migrator(empty_dsn, mdir, lock_retry=LockRetry(budget=0)).up()
         assert time.monotonic() - start < 5
         assert "55P03" in str(info.value) and "lock_timeout=300ms" in str(info.value)
     finally:
@@ -251,7 +253,7 @@ async def test_tenant_schemas_are_migrated_and_a_failure_is_isolated(empty_dsn: 
     await _exec(empty_dsn, f'CREATE TABLE "{schemas[1]}".extra (x int)')
     write(mdir / "tenant", "0002_extra.sql", "CREATE TABLE extra (x int);\n")
     with pytest.raises(MigrationError) as info:
-        await m.up()
+        await m.up(rollout=Rollout(continue_on_error=True))
     assert schemas[1] in str(info.value) and "1 schema(s)" in str(info.value)
     status = await m.status()
     assert status.tenants[schemas[0]]["pending"] == []
@@ -284,7 +286,7 @@ async def test_status_across_200_tenant_schemas_is_fast(empty_dsn: str, mdir: Pa
 
 
 async def test_rls_lint_passes_on_the_reference_schema(db_dsn: str) -> None:
-    assert await Migrator(db_dsn, "migrations").lint() == []
+    assert (await Migrator(db_dsn, "migrations").lint()).findings == []
 
 
 async def test_rls_lint_catches_each_violation(empty_dsn: str, tmp_path: Path) -> None:
@@ -300,16 +302,22 @@ CREATE VIEW v AS SELECT * FROM child;
 CREATE FUNCTION f() RETURNS int LANGUAGE sql SECURITY DEFINER AS $$ SELECT 1 $$;
 """)
     m = Migrator(empty_dsn, d)
-    await m.up()
-    findings = "\n".join(await m.lint())
-    assert "public.t: has tenant_id but RLS is off" in findings
-    assert "public.parent: RLS is not forced" in findings
-    assert "public.parent: no RESTRICTIVE guard policy" in findings
-    assert "unique index t_pkey does not include tenant_id" in findings
-    assert "unique index t_email_key does not include tenant_id" in findings
-    assert "foreign key child_parent_id_fkey does not include tenant_id" in findings
-    assert "public.v: view over tenant data without security_invoker" in findings
-    assert "public.f(): SECURITY DEFINER function without a pinned search_path" in findings
+    with pytest.raises(MigrationError, match="adds RLS lint finding"):
+        await m.up()  # the RLS gate refuses inside the file's transaction: nothing committed
+    assert await fetchval(empty_dsn, "SELECT to_regclass('public.t')") is None
+    assert (await m.status()).applied == []
+    await m.up(lint=False)
+    report = await m.lint()
+    found = {(f.rule, f.object) for f in report.blocking}
+    text = "\n".join(str(f) for f in report.blocking)
+    assert ("rls-disabled", "public.t") in found
+    assert ("rls-not-forced", "public.parent") in found
+    assert ("rls-no-guard", "public.parent") in found
+    assert "unique index t_pkey does not include tenant_id" in text
+    assert "unique index t_email_key does not include tenant_id" in text
+    assert "foreign key child_parent_id_fkey does not include tenant_id" in text
+    assert ("rls-view-not-invoker", "public.v") in found
+    assert ("security-definer-search-path", "public.f()") in found
     result = cli("--dsn", empty_dsn, "--dir", str(d), "lint", "--json")
     assert result.returncode == 5 and len(json.loads(result.stdout)["findings"]) >= 8
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +100,10 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
+# Recent results of the expensive checks, per database.
+_recent: weakref.WeakKeyDictionary[Database, dict[str, tuple[float, Any]]] = weakref.WeakKeyDictionary()
+
+
 async def check(
     db: Database,
     *,
@@ -109,11 +114,11 @@ async def check(
     cache_seconds: float = 5.0,
 ) -> HealthReport:
     """Run the checks for ``kind`` concurrently and combine them into one report."""
-    cache = db.health_cache
+    cache = _recent.setdefault(db, {})
 
     async def ping() -> CheckResult:
         start = time.perf_counter()
-        async with db.pool.connection(timeout, clean=True) as con:
+        async with db.pool.connection(timeout) as con:
             await con.fetchval("SELECT 1")
         latency = _ms(start)
         slow = latency > max_latency_ms
@@ -122,7 +127,7 @@ async def check(
                            f"latency {latency} ms over {max_latency_ms} ms" if slow else None)
 
     async def query(sql: str) -> dict[str, Any]:
-        async with db.pool.connection(timeout, clean=True) as con:
+        async with db.pool.connection(timeout) as con:
             row = await con.fetchrow(sql)
         return dict(row) if row else {}
 
@@ -187,18 +192,18 @@ async def check(
 
 
 async def _migration_check(db: Database, directory: Path, timeout: float) -> CheckResult:
-    from ..migrate import AppliedMigration, Migrator, load_directory
+    from ..migrate import AppliedMigration, compare, load_directory
 
     files = load_directory(directory)
     repeatables = load_directory(directory / "repeatable", repeatable=True)
-    async with db.pool.connection(timeout, clean=True) as con:
+    async with db.pool.connection(timeout) as con:
         present = await con.fetchval("SELECT to_regprocedure('pgaccess.migration_versions()') IS NOT NULL")
         rows = await con.fetch(
             "SELECT version, kind, checksum FROM pgaccess.migration_versions() WHERE scope = 'shared'"
         ) if present else []
     applied = [AppliedMigration("shared", r["version"], "", r["kind"], r["checksum"], None, 0, "")
                for r in rows]
-    status = Migrator._compare(applied, files, repeatables)
+    status = compare(applied, files, repeatables)
     versioned = sorted((a.version for a in applied if a.kind != "repeatable"), key=int)
     pending = [f.version for f in status.pending + status.repeatable_pending]
     drift = [f"{d.version}: {d.reason}" for d in status.drift]

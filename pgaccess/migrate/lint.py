@@ -1,111 +1,163 @@
-"""RLS lint: catalogue checks that tenant data is really isolated.
+"""The lint: static lock rules on files, catalogue RLS rules on a database, and waivers.
 
-Each finding names the object and the fix. Run after ``up`` or alone with
-``python -m pgaccess.migrate lint``.
+A waiver is a comment naming the rule and the reason::
+
+    -- pgaccess:nolint index-not-concurrent: the table has 40 rows and no writers yet
+    CREATE INDEX ...
+
+Before a statement it waives that statement's findings of the named rule(s) (comma-separated).
+Anywhere in a file, ``-- pgaccess:nolint RULE OBJECT: reason`` waives a catalogue finding
+on OBJECT (e.g. ``public.legacy``). A waiver without a reason, or naming no known rule, is
+itself a finding that cannot be waived.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
 import asyncpg
+from pglast.parser import scan
 
-_USER_SCHEMAS = (
-    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgaccess') "
-    "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'"
+from ..errors import MigrationError
+from .files import MigrationFile
+from .findings import RULES, Finding, one_line
+from .rls import rls_findings
+from .rules import check_sequence
+from .split import Statement
+
+_WAIVER = re.compile(
+    r"pgaccess:nolint\s+(?P<rules>[\w-]+(?:\s*,\s*[\w-]+)*)(?:\s+(?P<object>[^\s:]+))?"
+    r"\s*(?::\s*(?P<reason>.*?))?\s*(?:\*/)?\s*$",
+    re.DOTALL,
 )
-
-_TENANT_TABLES = f"""
-SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, a.attnum,
-       c.relrowsecurity, c.relforcerowsecurity
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMAS}
-"""
+_UNWAIVABLE = frozenset({"nolint-needs-reason", "nolint-unknown-rule"})
 
 
-async def rls_lint(con: asyncpg.Connection) -> list[str]:
-    findings: list[str] = []
-    tables = await con.fetch(_TENANT_TABLES)
-    oids = [t["oid"] for t in tables]
-    for t in tables:
-        if not t["relrowsecurity"]:
-            findings.append(f"{t['name']}: has tenant_id but RLS is off; "
-                            f"ALTER TABLE {t['name']} ENABLE ROW LEVEL SECURITY")
-        if not t["relforcerowsecurity"]:
-            findings.append(f"{t['name']}: RLS is not forced (the owner bypasses it); "
-                            f"ALTER TABLE {t['name']} FORCE ROW LEVEL SECURITY")
-    guarded = {
-        r["polrelid"]
-        for r in await con.fetch(
-            "SELECT polrelid FROM pg_policy WHERE NOT polpermissive AND polrelid = ANY($1::oid[])",
-            oids,
-        )
-    }
-    for t in tables:
-        if t["oid"] not in guarded:
-            findings.append(
-                f"{t['name']}: no RESTRICTIVE guard policy; CREATE POLICY tenant_guard ON "
-                f"{t['name']} AS RESTRICTIVE ... USING (tenant_id = (SELECT app.current_tenant_id()))"
-            )
-    rows = await con.fetch(
-        """
-        SELECT format('%s', i.indexrelid::regclass) AS index, t.name
-        FROM unnest($1::oid[], $2::int2[], $3::text[]) AS t(oid, attnum, name)
-        JOIN pg_index i ON i.indrelid = t.oid AND i.indisunique
-        WHERE NOT (t.attnum = ANY(i.indkey::int2[]))
-        """,
-        oids, [t["attnum"] for t in tables], [t["name"] for t in tables],
-    )
-    for r in rows:
-        findings.append(
-            f"{r['name']}: unique index {r['index']} does not include tenant_id (uniqueness "
-            "checks bypass RLS and leak existence across tenants); make it UNIQUE (tenant_id, ...)"
-        )
-    rows = await con.fetch(
-        """
-        SELECT c.conname, t.name
-        FROM unnest($1::oid[], $2::int2[], $3::text[]) AS t(oid, attnum, name)
-        JOIN pg_constraint c ON c.conrelid = t.oid AND c.contype = 'f'
-        WHERE NOT (t.attnum = ANY(c.conkey))
-        """,
-        oids, [t["attnum"] for t in tables], [t["name"] for t in tables],
-    )
-    for r in rows:
-        findings.append(
-            f"{r['name']}: foreign key {r['conname']} does not include tenant_id (it can point "
-            "at another tenant's row and probe its existence); use (tenant_id, ...) REFERENCES "
-            "parent (tenant_id, ...)"
-        )
-    rows = await con.fetch(
-        f"""
-        SELECT DISTINCT format('%I.%I', n.nspname, v.relname) AS view
-        FROM pg_class v
-        JOIN pg_namespace n ON n.oid = v.relnamespace
-        JOIN pg_rewrite r ON r.ev_class = v.oid
-        JOIN pg_depend d ON d.objid = r.oid AND d.classid = 'pg_rewrite'::regclass
-        WHERE v.relkind IN ('v', 'm') AND d.refobjid = ANY($1::oid[]) AND {_USER_SCHEMAS}
-          AND NOT coalesce(v.reloptions::text[] && ARRAY['security_invoker=true',
-              'security_invoker=on', 'security_invoker=1'], false)
-        """,
-        oids,
-    )
-    for r in rows:
-        findings.append(
-            f"{r['view']}: view over tenant data without security_invoker (it runs with the "
-            f"owner's rights and skips RLS); ALTER VIEW {r['view']} SET (security_invoker = true)"
-        )
-    rows = await con.fetch(
-        f"""
-        SELECT format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)) AS fn
-        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE p.prosecdef AND {_USER_SCHEMAS}
-          AND NOT coalesce(EXISTS (SELECT 1 FROM unnest(p.proconfig) AS c
-                                   WHERE c LIKE 'search_path=%'), false)
-        """
-    )
-    for r in rows:
-        findings.append(
-            f"{r['fn']}: SECURITY DEFINER function without a pinned search_path (callers can "
-            f"hijack it); ALTER FUNCTION {r['fn']} SET search_path = pg_catalog, public"
-        )
-    return findings
+class LintFailed(MigrationError):
+    """Unwaived lint findings; ``findings`` lists them. The command line exits 5."""
+
+    def __init__(self, message: str, findings: list[Finding]) -> None:
+        super().__init__(message)
+        self.findings = findings
+
+
+@dataclass(frozen=True)
+class Waiver:
+    rules: tuple[str, ...]
+    object: str | None
+    reason: str
+
+
+@dataclass
+class LintReport:
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> list[Finding]:
+        return [f for f in self.findings if not f.waived]
+
+    @property
+    def waived(self) -> list[Finding]:
+        return [f for f in self.findings if f.waived]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"findings": [f.as_json() for f in self.blocking],
+                "waived": [f.as_json() for f in self.waived]}
+
+
+def _parse_waiver(comment: str) -> Waiver | None:
+    m = _WAIVER.search(comment)
+    if not m:
+        return None
+    rules = tuple(r.strip() for r in m.group("rules").split(","))
+    return Waiver(rules, m.group("object"), (m.group("reason") or "").strip())
+
+
+def _waiver_problems(f: MigrationFile, st: Statement, w: Waiver) -> list[Finding]:
+    out: list[Finding] = []
+    for rule in w.rules:
+        if rule not in RULES or rule in _UNWAIVABLE:
+            out.append(Finding("nolint-unknown-rule", rule, str(f.path), st.line, one_line(st.text),
+                               detail=f"the waiver names {rule!r}, which is not a rule"))
+    if not w.reason:
+        out.append(Finding("nolint-needs-reason", ",".join(w.rules), str(f.path), st.line,
+                           one_line(st.text)))
+    return out
+
+
+def lint_files(files: Sequence[MigrationFile], *, report_on: Sequence[MigrationFile] | None = None
+               ) -> LintReport:
+    """Static rules over ``files`` read as one ordered sequence; findings of ``report_on``
+    (default: all of them), with statement waivers applied."""
+    raw = check_sequence(files)
+    wanted = {str(f.path) for f in (files if report_on is None else report_on)}
+    report = LintReport()
+    for f in files:
+        if str(f.path) not in wanted:
+            continue
+        by_line: dict[int, list[Waiver]] = {}
+        for st in f.statements:
+            for comment in st.comments:
+                w = _parse_waiver(comment)
+                if w is not None:
+                    by_line.setdefault(st.line, []).append(w)
+                    report.findings += _waiver_problems(f, st, w)
+        for finding in raw[str(f.path)]:
+            reason = next((w.reason for w in by_line.get(finding.line or 0, [])
+                           if finding.rule in w.rules and w.reason), None)
+            report.findings.append(replace(finding, waived=reason) if reason else finding)
+    return report
+
+
+def catalogue_waivers(files: Sequence[MigrationFile]) -> list[Waiver]:
+    """``-- pgaccess:nolint RULE OBJECT: reason`` comments anywhere in the files."""
+    out: list[Waiver] = []
+    for f in files:
+        for tok in scan(f.sql):
+            if tok.name in ("SQL_COMMENT", "C_COMMENT"):
+                w = _parse_waiver(f.sql[tok.start:tok.end + 1])
+                if w is not None and w.object and w.reason:
+                    out.append(w)
+    return out
+
+
+def apply_catalogue_waivers(findings: list[Finding], waivers: Sequence[Waiver]) -> list[Finding]:
+    out = []
+    for finding in findings:
+        reason = next((w.reason for w in waivers
+                       if finding.rule in w.rules and w.object == finding.object), None)
+        out.append(replace(finding, waived=reason) if reason else finding)
+    return out
+
+
+async def lint_database(con: asyncpg.Connection, waivers: Sequence[Waiver],
+                        app_role: str | None) -> LintReport:
+    return LintReport(apply_catalogue_waivers(await rls_findings(con, app_role), waivers))
+
+
+@dataclass
+class RlsGate:
+    """Refuses to commit a migration that adds unwaived catalogue findings.
+
+    ``before`` notes the findings present when the file starts (inside its transaction);
+    ``check`` runs after its statements, before the bookkeeping insert and the commit.
+    """
+
+    waivers: Sequence[Waiver]
+    app_role: str | None
+
+    async def before(self, con: asyncpg.Connection) -> object:
+        return {(f.rule, f.object, f.detail) for f in await rls_findings(con, self.app_role)}
+
+    async def check(self, con: asyncpg.Connection, f: MigrationFile, baseline: object) -> None:
+        assert isinstance(baseline, set)
+        now = apply_catalogue_waivers(await rls_findings(con, self.app_role), self.waivers)
+        new = [x for x in now if not x.waived and (x.rule, x.object, x.detail) not in baseline]
+        if new:
+            raise LintFailed(
+                f"{f.path}: refusing to commit {f.label}: it adds RLS lint finding(s); nothing "
+                "of it was committed" + ("" if f.transactional else " past its statements") + ":\n"
+                + "\n".join(f"  {x}" for x in new), new)
