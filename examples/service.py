@@ -22,6 +22,7 @@ from pgaccess import Database, Settings, UniqueViolation
 from pgaccess.asgi import TenantMiddleware, health_router, metrics_app
 from pgaccess.metrics import Metrics
 from pgaccess.reference import Project, ProjectRepository
+from pgaccess.reference.rows import queries
 
 
 class NewProject(BaseModel):
@@ -52,6 +53,18 @@ def create_app(db: Database) -> FastAPI:
         async with db.transaction(readonly=True) as uow:
             page = await uow.repo(ProjectRepository).find_page(limit=limit)
         return [project_json(p) for p in page.rows]
+
+    @app.get("/projects/status/{status}")
+    async def projects_with_status(status: str, limit: int = 50) -> list[dict[str, Any]]:
+        # Typed named query: mypy knows the parameters and that rows are `Project`s.
+        async with db.transaction(readonly=True) as uow:
+            rows = await queries(uow).projects_by_status(status=status, lim=limit)
+        return [project_json(p) for p in rows]
+
+    @app.get("/users/count")
+    async def count_users() -> dict[str, int]:
+        async with db.transaction(readonly=True) as uow:
+            return {"users": await queries(uow).count_users()}
 
     @app.post("/projects", status_code=201)
     async def create_project(body: NewProject) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def sqlc_queries(text: str) -> list[NamedQuery]:
         n = max((int(x) for x in re.findall(r"\$(\d+)", sql)), default=0)
         out.append(NamedQuery(m["name"], _OPERATIONS[m["kind"]], sql,
                               tuple(f"p{k}" for k in range(1, n + 1)), "query.sql",
-                              text[: m.start()].count("\n") + 1, "", False))
+                              text[: m.start()].count("\n") + 1, ""))
     return out
 
 

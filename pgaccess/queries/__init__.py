@@ -15,10 +15,10 @@ A malformed file, a duplicate query name or an unknown query name raises
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import aiosql
 from aiosql.adapters.asyncpg import AsyncPGAdapter
@@ -28,8 +28,16 @@ from aiosql.types import QueryDatum, SQLOperationType
 
 from ..errors import ParameterError, QueryLoadError
 
-if TYPE_CHECKING:
-    from ..uow import UnitOfWork
+
+class Runner(Protocol):
+    """What named queries run on: a unit of work (or any executor with these methods)."""
+
+    async def fetch(self, sql: str, *args: Any, name: str | None = None) -> list[Any]: ...
+    async def fetchrow(self, sql: str, *args: Any, name: str | None = None) -> Any: ...
+    async def fetchval(self, sql: str, *args: Any, name: str | None = None) -> Any: ...
+    async def execute(self, sql: str, *args: Any, name: str | None = None) -> str: ...
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]],
+                          name: str | None = None) -> None: ...
 
 __all__ = ["NamedQuery", "QuerySet", "load_queries", "load_queries_from_str"]
 
@@ -98,48 +106,48 @@ class _Adapter(AsyncPGAdapter):  # type: ignore[misc,unused-ignore]
         raise ParameterError(f"query {query_name}: pass parameters by name ({names})")
 
     async def select(  # type: ignore[override,unused-ignore]
-        self, conn: UnitOfWork, query_name: str, sql: str, parameters: Any, record_class: Any = None
+        self, conn: Runner, query_name: str, sql: str, parameters: Any, record_class: Any = None
     ) -> AsyncIterator[Any]:
-        for row in await conn._run("fetch", sql, self.maybe_order_params(query_name, parameters),
-                                   query_name):
+        for row in await conn.fetch(sql, *self.maybe_order_params(query_name, parameters),
+                                   name=query_name):
             yield row
 
     async def select_one(
-        self, conn: UnitOfWork, query_name: str, sql: str, parameters: Any, record_class: Any = None
+        self, conn: Runner, query_name: str, sql: str, parameters: Any, record_class: Any = None
     ) -> Any:
         args = self.maybe_order_params(query_name, parameters)
-        return await conn._run("fetchrow", sql, args, query_name)
+        return await conn.fetchrow(sql, *args, name=query_name)
 
     async def select_value(
-        self, conn: UnitOfWork, query_name: str, sql: str, parameters: Any
+        self, conn: Runner, query_name: str, sql: str, parameters: Any
     ) -> Any:
         args = self.maybe_order_params(query_name, parameters)
-        return await conn._run("fetchval", sql, args, query_name)
+        return await conn.fetchval(sql, *args, name=query_name)
 
     async def insert_returning(
-        self, conn: UnitOfWork, query_name: str, sql: str, parameters: Any
+        self, conn: Runner, query_name: str, sql: str, parameters: Any
     ) -> Any:
         args = self.maybe_order_params(query_name, parameters)
-        row = await conn._run("fetchrow", sql, args, query_name)
+        row = await conn.fetchrow(sql, *args, name=query_name)
         if row is None:
             return None
         return row[0] if len(row) == 1 else row
 
     async def insert_update_delete(
-        self, conn: UnitOfWork, query_name: str, sql: str, parameters: Any
+        self, conn: Runner, query_name: str, sql: str, parameters: Any
     ) -> int:
         args = self.maybe_order_params(query_name, parameters)
-        status: str = await conn._run("execute", sql, args, query_name)
+        status: str = await conn.execute(sql, *args, name=query_name)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
     async def insert_update_delete_many(
-        self, conn: UnitOfWork, query_name: str, sql: str, parameters: Any
+        self, conn: Runner, query_name: str, sql: str, parameters: Any
     ) -> None:
         rows = [self.maybe_order_params(query_name, p) for p in parameters]
         await conn.executemany(sql, rows, name=query_name)
 
-    async def execute_script(self, conn: UnitOfWork, sql: str) -> str:
+    async def execute_script(self, conn: Runner, sql: str) -> str:
         return await conn.execute(sql)
 
 
@@ -154,7 +162,6 @@ class NamedQuery:
     file: str
     line: int
     doc: str
-    session_state: bool
 
 
 class QuerySet:
@@ -163,8 +170,6 @@ class QuerySet:
     def __init__(self, data: list[QueryDatum], adapter: _Adapter) -> None:
         self._adapter = adapter
         self._queries = Queries(cast(Any, adapter), kwargs_only=True).load_from_list(data)
-        from ..uow import affects_session
-
         self.queries: dict[str, NamedQuery] = {}
         for d in data:
             self.queries[d.query_name] = NamedQuery(
@@ -175,7 +180,6 @@ class QuerySet:
                 file=str(d.floc[0]),
                 line=int(d.floc[1]),
                 doc=d.doc_comments,
-                session_state=affects_session(d.sql),
             )
 
     def __getitem__(self, name: str) -> NamedQuery:
@@ -195,14 +199,12 @@ class QuerySet:
     def __len__(self) -> int:
         return len(self.queries)
 
-    def bind(self, uow: UnitOfWork) -> BoundQueries:
+    def bind(self, uow: Runner) -> BoundQueries:
         return BoundQueries(self, uow)
 
-    async def call(self, uow: UnitOfWork, name: str, params: dict[str, Any]) -> Any:
+    async def call(self, uow: Runner, name: str, params: dict[str, Any]) -> Any:
         """Run query ``name`` in ``uow``; selects return a list of records."""
         query = self[name]
-        if query.session_state:
-            uow._note_sql(query.sql)
         fn = getattr(self._queries, name)
         if query.operation == "select":
             return [row async for row in fn(uow, **params)]
@@ -216,15 +218,21 @@ class BoundQueries:
 
     __slots__ = ("_qs", "_uow")
 
-    def __init__(self, qs: QuerySet, uow: UnitOfWork) -> None:
+    def __init__(self, qs: QuerySet, uow: Runner) -> None:
         self._qs = qs
         self._uow = uow
 
     def __getattr__(self, name: str) -> Any:
         qs, uow = self._qs, self._uow
-        qs[name]  # raises QueryLoadError for an unknown name
+        query = qs[name]  # raises QueryLoadError for an unknown name
 
-        async def run(**params: Any) -> Any:
+        async def run(*args: Any, **params: Any) -> Any:
+            if args and not query.params:
+                raise ParameterError(f"query {name} takes no parameters; got {len(args)}")
+            if args:
+                example = ", ".join(f"{p}=..." for p in query.params)
+                raise ParameterError(f"query {name}: pass parameters by name, not position: "
+                                     f"uow.q.{name}({example})")
             return await qs.call(uow, name, params)
 
         run.__name__ = name

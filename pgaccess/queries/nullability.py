@@ -284,21 +284,24 @@ def _with(stmt: Any, catalog: Catalog, parent: Scope | None) -> Scope | None:
         return parent
     scope = Scope(catalog, Item({}, {}, []), parent)
     for cte in wc.ctes or ():
+        names = [n.sval for n in cte.aliascolnames or ()]
+
+        def named(cols: list[Col] | None, names: list[str] = names) -> list[Col] | None:
+            if cols is None or not names:
+                return cols
+            return [Col(names[i] if i < len(names) else c.name, c.nullable)
+                    for i, c in enumerate(cols)]
+
         query = cte.ctequery
-        cols = None
         if wc.recursive and _is(query, ast.SelectStmt) and query.op != SetOperation.SETOP_NONE:
-            scope.ctes[cte.ctename] = _statement(query.larg, catalog, scope)
+            scope.ctes[cte.ctename] = named(_statement(query.larg, catalog, scope))
             for _ in range(3):  # the recursive term may widen nullability; settle it
-                cols = _statement(query, catalog, scope)
+                cols = named(_statement(query, catalog, scope))
                 if cols is None or cols == scope.ctes[cte.ctename]:
                     break
                 scope.ctes[cte.ctename] = cols
         else:
-            cols = _statement(query, catalog, scope)
-        if cols is not None and cte.aliascolnames:
-            names = [n.sval for n in cte.aliascolnames]
-            cols = [Col(names[i] if i < len(names) else c.name, c.nullable)
-                    for i, c in enumerate(cols)]
+            cols = named(_statement(query, catalog, scope))
         scope.ctes[cte.ctename] = cols
     return scope
 
