@@ -80,11 +80,11 @@ def _waiver_problems(f: MigrationFile, st: Statement, w: Waiver) -> list[Finding
     out: list[Finding] = []
     for rule in w.rules:
         if rule not in RULES or rule in _UNWAIVABLE:
-            out.append(Finding("nolint-unknown-rule", rule, str(f.path), st.line, one_line(st.text),
+            out.append(Finding("nolint-unknown-rule", rule, str(f.path), st.line, one_line(st.code),
                                detail=f"the waiver names {rule!r}, which is not a rule"))
     if not w.reason:
         out.append(Finding("nolint-needs-reason", ",".join(w.rules), str(f.path), st.line,
-                           one_line(st.text)))
+                           one_line(st.code)))
     return out
 
 

@@ -63,7 +63,7 @@ def plan_file(scope: str, f: MigrationFile, lint: LintReport | None) -> PlannedF
                      for lock in locks(raw.stmt)]
         except ParseError:
             taken = ["unknown (does not parse)"]
-        statements.append(PlannedStatement(st.line, one_line(st.text, 200), taken))
+        statements.append(PlannedStatement(st.line, one_line(st.code, 200), taken))
     findings = [x for x in (lint.findings if lint else []) if x.file == str(f.path)]
     return PlannedFile(scope, f, statements, findings)
 

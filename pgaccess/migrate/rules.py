@@ -78,7 +78,7 @@ class _FileChecker:
             yield from self._check(p.node, p.statement)
 
     def _finding(self, rule: str, table: str, st: Statement, detail: str | None = None) -> Finding:
-        return Finding(rule, table, str(self.f.path), st.line, one_line(st.text), detail)
+        return Finding(rule, table, str(self.f.path), st.line, one_line(st.code), detail)
 
     def _existing(self, rv: ast.RangeVar | None) -> bool:
         return rv is not None and _relname(rv) not in self.created

@@ -29,6 +29,7 @@ class Statement:
     line: int  # 1-based line of its first token
     start: int  # offset of text in the script
     comments: tuple[str, ...] = ()  # comments between the previous ';' and its first token
+    code: str = ""  # text from its first token on (no leading comments or blank lines)
 
 
 class SplitError(ValueError):
@@ -99,7 +100,7 @@ def _emit(out: list[Statement], script: str, piece: list[Token], start: int, end
     first = code[0].start
     comments = tuple(script[t.start:t.end + 1] for t in piece if t.start < first)
     out.append(Statement(text=script[start:end], line=_line(script, first), start=start,
-                         comments=comments))
+                         comments=comments, code=script[first:end]))
 
 
 def _line(script: str, offset: int) -> int:
