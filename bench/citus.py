@@ -137,6 +137,8 @@ async def run(rounds: int, seconds: float) -> None:
             ids = await project_ids(sdb)
             cids = await project_ids(cdb)
             ops_single, ops_citus = operations(ids), operations(cids)
+            for op in (*ops_single.values(), *ops_citus.values()):  # connections, plans, caches
+                await burst(sdb if op in ops_single.values() else cdb, op, 0.2)
             tasks = await plan_tasks(cdb)
             print(f"Citus plan of a point lookup: router {tasks['router']} task(s), "
                   f"RLS only {tasks['RLS only']} task(s)")
