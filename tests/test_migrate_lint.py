@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgaccess import MigrationError
-from pgaccess.migrate import LintFailed, Migrator, load_directory, lint_files
+from pgaccess.migrate import LintFailed, Migrator, lint_files, load_directory
 
 PRELUDE = """CREATE TABLE p (id int PRIMARY KEY);
 CREATE TABLE t (id int PRIMARY KEY, a int, b int);
