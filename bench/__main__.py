@@ -35,21 +35,21 @@ import asyncpg
 
 from pgaccess import Database, Settings
 from pgaccess.config import with_database, with_user
-from pgaccess.migrate import Migrator
-from pgaccess.pool import init_json_codecs
-from pgaccess.reference import ProjectRepository, TenantRepository
-from pgaccess.seed import SeedRunner, discover_seeders
-from pgaccess.testing import (
+from pgaccess.devdb.clone import (
     Project,
-    RollbackDatabase,
-    TemporaryPgBouncer,
-    _admin_exec,
     build_template,
     clone_database,
     drop_database,
     open_test_database,
-    start_test_server,
 )
+from pgaccess.devdb.clone import admin_exec as _admin_exec
+from pgaccess.devdb.pgbouncer import TemporaryPgBouncer
+from pgaccess.devdb.servers import start_test_server
+from pgaccess.migrate import Migrator
+from pgaccess.pool import init_json_codecs
+from pgaccess.reference import ProjectRepository, TenantRepository
+from pgaccess.seed import SeedRunner, discover_seeders
+from pgaccess.testing import RollbackDatabase
 
 from .proxy import RoundTripProxy
 
@@ -565,7 +565,7 @@ async def measure_operations(server_dsn: str, smoke: bool, own_server: bool) -> 
     async with Pool(Settings(min_size=1, max_size=1), server_dsn) as pool:
         start = time.perf_counter()
         for _ in range(n):
-            con = await pool.acquire(clean=True)
+            con = await pool.acquire(reset=False)
             await pool.release(con)
         ours = (time.perf_counter() - start) / n * 1e6
     apool = await asyncpg.create_pool(server_dsn, min_size=1, max_size=1)

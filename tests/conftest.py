@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 
-from pgaccess.cluster import LocalCluster, temporary_cluster
+from pgaccess.cluster import LocalCluster
+from pgaccess.devdb.clone import admin_exec, drop_database, unique_name
+from pgaccess.devdb.fixture_tenants import TenantChoice
+from pgaccess.devdb.servers import throwaway_cluster
+
+
+@pytest.fixture(scope="session")
+def pgaccess_tenant_choice() -> TenantChoice:
+    """The reference seeders' Acme and Globex: many tests read their seeded rows."""
+    return TenantChoice(pick=("domain=acme.localhost", "domain=globex.localhost"))
 
 
 @pytest.fixture
 def own_cluster() -> Iterator[LocalCluster]:
     """A private cluster this test may stop, restart or break."""
-    cluster = temporary_cluster(prefix="pgaccess-own-")
+    cluster = throwaway_cluster(prefix="pgaccess-own-")
     try:
         yield cluster
     finally:
         cluster.destroy()
 
 
-@pytest.fixture
-async def empty_dsn(pg_dsn: str):  # type: ignore[no-untyped-def]
+@pytest_asyncio.fixture(loop_scope="function")
+async def empty_dsn(pg_dsn: str) -> AsyncIterator[str]:
     """Owner DSN of a new, empty database (dropped afterwards)."""
     from pgaccess.config import with_database
-    from pgaccess.testing import _admin_exec, _unique, drop_database
 
-    name = _unique("pgaccess_empty")
-    await _admin_exec(pg_dsn, f'CREATE DATABASE "{name}"')
+    name = unique_name("pgaccess_empty")
+    await admin_exec(pg_dsn, f'CREATE DATABASE "{name}"')
     yield with_database(pg_dsn, name)
     await drop_database(pg_dsn, name)

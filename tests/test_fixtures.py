@@ -10,9 +10,15 @@ import uuid
 from pathlib import Path
 
 from pgaccess import Database
-from pgaccess.reference import ProjectRepository
+from pgaccess.reference import ACME_ID, GLOBEX_ID, ProjectRepository
 
 MARKER = "written-by-an-earlier-test"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_suite_picks_the_seeded_tenants(tenant: uuid.UUID, other_tenant: uuid.UUID) -> None:
+    # tests/conftest.py names them (pgaccess_tenant_choice); projects use the ini options.
+    assert (tenant, other_tenant) == (ACME_ID, GLOBEX_ID)
 
 
 async def test_1_a_test_writes(db: Database, tenant: uuid.UUID) -> None:
@@ -46,7 +52,12 @@ def test_fixtures_in_a_project_outside_the_package(tmp_path: Path, pg_dsn: str) 
     (tmp_path / "db" / "seeders").mkdir()
     (tmp_path / "db" / "migrations" / "0001_roles.sql").write_text(Path("migrations/0001_roles_and_tenants.sql").read_text())
     (tmp_path / "db" / "migrations" / "0002_notes.sql").write_text(textwrap.dedent("""
-        CREATE TABLE notes (tenant_id uuid NOT NULL REFERENCES tenants (id), id serial,
+        CREATE TABLE organisations (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                                    slug text NOT NULL UNIQUE CHECK (slug = lower(slug)),
+                                    seats integer NOT NULL, active boolean NOT NULL);
+        GRANT SELECT ON organisations TO pgaccess_app;
+        GRANT SELECT, INSERT ON organisations TO pgaccess_admin;
+        CREATE TABLE notes (tenant_id uuid NOT NULL REFERENCES organisations (id), id serial,
                             body text NOT NULL, PRIMARY KEY (tenant_id, id));
         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
         ALTER TABLE notes FORCE ROW LEVEL SECURITY;
@@ -65,7 +76,7 @@ def test_fixtures_in_a_project_outside_the_package(tmp_path: Path, pg_dsn: str) 
 
         class Notes(Seeder):
             async def seed(self, uow):
-                await uow.execute("INSERT INTO tenants (id, name, domain) VALUES ($1, 'n', 'n.test')", T)
+                await uow.execute("INSERT INTO organisations VALUES ($1, 'n', 3, true)", T)
                 async with uow.scoped_tenant(T):
                     await uow.execute("INSERT INTO notes (tenant_id, body) VALUES ($1, 'hello')", T)
     """))
@@ -76,6 +87,7 @@ def test_fixtures_in_a_project_outside_the_package(tmp_path: Path, pg_dsn: str) 
         pgaccess_migrations = "db/migrations"
         pgaccess_seeders = "db/seeders"
         pgaccess_sql = "db/sql"
+        pgaccess_tenant_table = "organisations"
     """))
     (tmp_path / "test_notes.py").write_text(textwrap.dedent("""
         import uuid
@@ -92,13 +104,24 @@ def test_fixtures_in_a_project_outside_the_package(tmp_path: Path, pg_dsn: str) 
             async with db.transaction(tenant=T) as uow:
                 assert await uow.fetchval("SELECT count(*) FROM notes") == 1
 
+        async def test_created_tenants_are_the_projects_own(db, tenant, other_tenant, as_tenant):
+            assert len({T, tenant, other_tenant}) == 3
+            async with db.transaction(system=True) as uow:
+                slugs = await uow.fetchval("SELECT array_agg(slug) FROM organisations WHERE id <> $1", T)
+            assert len(slugs) == 2 and all(s.startswith("tenant-") for s in slugs)
+            with as_tenant(tenant):
+                async with db.transaction() as uow:
+                    await uow.execute("INSERT INTO notes (tenant_id, body) VALUES ($1, 'mine')", tenant)
+            async with db.transaction(tenant=other_tenant) as uow:
+                assert await uow.fetchval("SELECT count(*) FROM notes") == 0
+
         async def test_rollback_mode(db_tx):
             async with db_tx.transaction(tenant=T) as uow:
                 await uow.execute("INSERT INTO notes (tenant_id, body) VALUES ($1, 'tx')", T)
                 assert await uow.fetchval("SELECT count(*) FROM notes") == 2
     """))
-    env = {**os.environ, "PGACCESS_TEST_DSN": pg_dsn}
+    env = {**os.environ, "PGACCESS_TEST_DSN": pg_dsn, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 passed" in r.stdout
+    assert "4 passed" in r.stdout

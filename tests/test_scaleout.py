@@ -16,10 +16,11 @@ import pytest
 from pgaccess import ConfigError, Database, MigrationError, QueryTimeout, Settings
 from pgaccess.cluster import LocalCluster, find_bindir
 from pgaccess.config import with_user
+from pgaccess.devdb.clone import Project, build_template
+from pgaccess.devdb.pgbouncer import TemporaryPgBouncer
 from pgaccess.health import check
 from pgaccess.migrate import Migrator
 from pgaccess.reference import ACME_ID, GLOBEX_ID, ProjectRepository
-from pgaccess.testing import Project, TemporaryPgBouncer, build_template
 
 PROJECT = Project(Path("migrations"), Path("sql"), Path("seeders"))
 
