@@ -350,7 +350,8 @@ def _star(item: Item, qualifier: list[str]) -> list[Col] | None:
 
 
 def _dml(stmt: Any, catalog: Catalog, parent: Scope | None) -> list[Col] | None:
-    returning = stmt.returningClause.exprs if stmt.returningClause is not None else None
+    clause = getattr(stmt, "returningClause", None)  # pglast 8; 7 has returningList
+    returning = clause.exprs if clause is not None else getattr(stmt, "returningList", None)
     if not returning:
         return []
     outer = _with(stmt, catalog, parent)
