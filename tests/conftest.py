@@ -13,6 +13,11 @@ from pgaccess.devdb.fixture_tenants import TenantChoice
 from pgaccess.devdb.servers import throwaway_cluster
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "containers: needs a Docker engine (the container path; "
+                            "scripts/ci-containers.sh runs the suite's core through it)")
+
+
 @pytest.fixture(scope="session")
 def pgaccess_tenant_choice() -> TenantChoice:
     """The reference seeders' Acme and Globex: many tests read their seeded rows."""

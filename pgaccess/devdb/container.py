@@ -109,7 +109,7 @@ def start_container(image: str | None = None, timeout: float = 60.0) -> Containe
     container = (
         DockerContainer(image)
         .with_kwargs(entrypoint=["sh", "-c", _START], labels={OWNER_LABEL: owner_label()})
-        .with_tmpfs_mount(os.path.dirname(DATA_DIR), "1g")
+        .with_tmpfs_mount(os.path.dirname(DATA_DIR), "size=1g")  # docker wants the option form
     )
     # Published on the loopback interface only: the server trusts the bridge network.
     container.ports["5432/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
