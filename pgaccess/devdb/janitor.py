@@ -3,10 +3,11 @@
 PostgreSQL started by ``pg_ctl`` and containers started through Docker outlive a test run
 that is killed (SIGTERM from a CI timeout, SIGKILL from the OOM killer): no ``finally`` runs.
 So the first throwaway server of a process starts a small watcher process in its own
-session, holding the read end of a pipe. Each server is announced on the pipe before it
-starts and withdrawn after a normal stop; when the pipe closes - the starter has exited,
-normally or not - the watcher removes whatever is still announced. This is testcontainers'
-Ryuk idea without an image to pull.
+session, holding the read end of a pipe. Each server is announced on the pipe before it is
+created (a cluster by its directory, withdrawn after a normal stop; containers by the owner
+label they carry); when the pipe closes - the starter has exited, normally or not - the
+watcher removes whatever is still there. This is testcontainers' Ryuk idea without an image
+to pull.
 """
 
 from __future__ import annotations
