@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
+
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _ENV: dict[str, str] = {
     "dsn": "DATABASE_URL",
@@ -35,6 +38,7 @@ _ENV: dict[str, str] = {
     "statement_cache_size": "PGACCESS_STATEMENT_CACHE_SIZE",
     "tenant_setting": "PGACCESS_TENANT_SETTING",
     "tenant_signing_key": "PGACCESS_TENANT_SIGNING_KEY",
+    "search_path": "PGACCESS_SEARCH_PATH",
 }
 
 
@@ -60,6 +64,9 @@ class Settings:
     tenant_setting: str = "app.tenant_id"
     # Hex key for the signed tenant context (migration 0003); None: plain tenant ids.
     tenant_signing_key: str | None = field(default=None, repr=False)
+    # Schemas of the application's tables, pinned for every connection (pg_temp is
+    # always appended last: see pgaccess.session).
+    search_path: str = "public"
     server_settings: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +117,12 @@ class Settings:
                 f"{_ENV['tenant_setting']} must look like 'prefix.name' "
                 f"(a custom PostgreSQL setting), got {self.tenant_setting!r}"
             )
+        schemas = [part.strip() for part in self.search_path.split(",")]
+        if not all(_SCHEMA.match(part) for part in schemas) or "pg_temp" in schemas:
+            raise ConfigError(
+                f"{_ENV['search_path']} must be a comma-separated list of lower-case schema "
+                f"names without pg_temp (it is always searched last), got {self.search_path!r}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -124,32 +137,8 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def tenant_value(self, tenant: Any) -> str:
-        """What goes into the tenant setting: the uuid, signed when a key is configured."""
-        text = str(tenant)
-        if self.tenant_signing_key is None:
-            return text
-        import hashlib
-        import hmac
-
-        key = bytes.fromhex(self.tenant_signing_key)
-        return f"{text}.{hmac.new(key, text.encode(), hashlib.sha256).hexdigest()}"
-
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
-
-    def connection_settings(self) -> dict[str, str]:
-        """Server settings sent at connect time (so ``RESET ALL`` restores them)."""
-        out = {
-            "application_name": self.application_name,
-            "statement_timeout": str(int(self.statement_timeout * 1000)),
-            "idle_in_transaction_session_timeout": str(
-                int(self.idle_in_transaction_session_timeout * 1000)
-            ),
-            "TimeZone": "UTC",
-        }
-        out.update(self.server_settings)
-        return out
 
 
 def _parse(name: str, var: str, raw: str, default: Any) -> Any:

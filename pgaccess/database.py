@@ -1,7 +1,10 @@
-"""``Database``: owns the pools and the loaded queries, and hands out units of work.
+"""``Database``: owns the pools and the loaded queries, and hands out executors.
 
     db = Database(Settings.from_env(), sql_dir="sql")
     async with db:
+        # one statement, two round trips
+        project = await db.autocommit(tenant=tenant_id).repo(ProjectRepository).find_by_id(pid)
+        # a unit of work: several statements, one transaction
         async with db.transaction(tenant=tenant_id) as uow:
             project = await uow.repo(ProjectRepository).find_by_id(project_id)
 
@@ -13,10 +16,9 @@ from role-scoped policies - never the app role with RLS switched off, never ``SE
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from tenacity import (
     AsyncRetrying,
@@ -25,13 +27,26 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from .autocommit import Autocommit
 from .config import Settings
-from .errors import ConfigError, ConnectError, ConnectionLost, PoolTimeout, TransientError
+from .errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    PoolTimeout,
+    TransactionError,
+    TransientError,
+)
+from .executor import Runtime
 from .log import get_logger
 from .pool import Pool
 from .queries import QuerySet, load_queries
-from .replicas import ReplicaSet, last_write_at
-from .uow import Isolation, TransactionContext, UnitOfWork, background_commits_done
+from .replicas import ReplicaSet
+from .tenancy import TenantContext, parse_tenant_id
+from .uow import TransactionContext, TransactionOptions, UnitOfWork, background_commits_done
+
+if TYPE_CHECKING:
+    from .health import HealthReport
 
 log = get_logger("database")
 
@@ -64,47 +79,41 @@ class Database:
         if not settings.dsn:
             raise ConfigError("no database: set DATABASE_URL or pass dsn= to Database()")
         self.settings = settings
-        self.pool = Pool(settings, settings.dsn, name="app")
-        self._admin_pool = (
-            Pool(settings.replace(min_size=0), settings.admin_dsn, name="admin")
-            if settings.admin_dsn
-            else None
-        )
         if queries is None and sql_dir is not None:
             queries = load_queries(sql_dir)
-        self._queries = queries
-        self.log_queries = log_queries
-        # SET LOCAL instead of set_config() for the tenant (Citus propagates SET LOCAL).
-        self.tenant_set_local = tenant_set_local
-        self.metrics = metrics
-        self.replicas = (
-            ReplicaSet(settings, replica_dsns, max_lag=max_replica_lag) if replica_dsns else None
+        self.runtime = Runtime(
+            settings,
+            Pool(settings, settings.dsn, name="app"),
+            admin_pool=(Pool(settings.replace(min_size=0), settings.admin_dsn, name="admin")
+                        if settings.admin_dsn else None),
+            replicas=(ReplicaSet(settings, replica_dsns, max_lag=max_replica_lag)
+                      if replica_dsns else None),
+            queries=queries,
+            metrics=metrics,
+            log_queries=log_queries,
+            tenant_set_local=tenant_set_local,
+            read_your_writes=read_your_writes,
         )
-        self.read_your_writes = read_your_writes
-        # Column types of tables, read once from the catalogue (repository bulk inserts).
-        self.column_types: dict[str, dict[str, str]] = {}
-        # BEGIN strings by (tenant, isolation, readonly, deferrable, timeout): built once.
-        self.begin_statements: dict[tuple[Any, ...], str] = {}
-        # Recent results of the expensive health checks (see pgaccess.health).
-        self.health_cache: dict[str, tuple[float, Any]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> Database:
-        await self.pool.open()
-        if self._admin_pool is not None:
-            await self._admin_pool.open()
-        if self.replicas is not None:
-            await self.replicas.open()
+        runtime = self.runtime
+        await runtime.pool.open()
+        if runtime.admin_pool is not None:
+            await runtime.admin_pool.open()
+        if runtime.replicas is not None:
+            await runtime.replicas.open()
         return self
 
     async def close(self, timeout: float = 10.0) -> None:
+        runtime = self.runtime
         await background_commits_done()
-        await self.pool.close(timeout)
-        if self._admin_pool is not None:
-            await self._admin_pool.close(timeout)
-        if self.replicas is not None:
-            await self.replicas.close(timeout)
+        await runtime.pool.close(timeout)
+        if runtime.admin_pool is not None:
+            await runtime.admin_pool.close(timeout)
+        if runtime.replicas is not None:
+            await runtime.replicas.close(timeout)
 
     async def __aenter__(self) -> Database:
         return await self.open()
@@ -115,77 +124,81 @@ class Database:
     # -- accessors -----------------------------------------------------------------------
 
     @property
+    def pool(self) -> Pool:
+        """The application pool (the app role, subject to RLS)."""
+        return self.runtime.pool
+
+    @property
     def queries(self) -> QuerySet:
-        if self._queries is None:
-            raise ConfigError("no named queries loaded: pass sql_dir= or queries= to Database()")
-        return self._queries
+        return self.runtime.named_queries()
 
     @property
     def admin_pool(self) -> Pool:
-        if self._admin_pool is None:
-            raise ConfigError(
-                "system transactions need an admin connection: set PGACCESS_ADMIN_URL "
-                "(a role with role-scoped policies, e.g. pgaccess_admin) or pass admin_dsn="
-            )
-        return self._admin_pool
+        return self.runtime.pool_for(system=True, readonly=False)
 
-    def pool_for(self, *, readonly: bool, primary: bool = False) -> Pool:
-        """The primary, or for read-only work a healthy replica (unless ``primary`` or this
-        task wrote within ``read_your_writes`` seconds)."""
-        if not readonly or primary or self.replicas is None:
-            return self.pool
-        if self.read_your_writes and time.monotonic() - last_write_at.get() < self.read_your_writes:
-            return self.pool
-        return self.replicas.pick() or self.pool
+    @property
+    def replicas(self) -> ReplicaSet | None:
+        return self.runtime.replicas
 
-    # -- units of work -------------------------------------------------------------------
+    @property
+    def metrics(self) -> Any:
+        return self.runtime.metrics
 
-    def transaction(
+    @metrics.setter
+    def metrics(self, value: Any) -> None:
+        self.runtime.metrics = value
+
+    # -- executors -----------------------------------------------------------------------
+
+    def transaction(self, **options: Unpack[TransactionOptions]) -> TransactionContext:
+        """A unit of work: ``async with db.transaction(tenant=t) as uow:``.
+
+        See :class:`~pgaccess.uow.TransactionOptions` for the options. Inside an open unit
+        of work of the same task and database this becomes a savepoint.
+        """
+        return TransactionContext(self.runtime, options)
+
+    def autocommit(
         self,
         *,
         tenant: Any = None,
         system: bool = False,
         reason: str | None = None,
-        isolation: Isolation = "read_committed",
         readonly: bool = False,
-        deferrable: bool = False,
+        primary: bool = False,
         timeout: float | None = None,
         acquire_timeout: float | None = None,
-        primary: bool = False,
-    ) -> TransactionContext:
-        """A unit of work: ``async with db.transaction(tenant=t) as uow:``.
+    ) -> Autocommit:
+        """Single statements for ``tenant`` (default ``TenantContext.current()``), each in
+        two round trips: ``await db.autocommit(tenant=t).repo(Repo).find_by_id(k)``.
 
-        The tenant comes from ``tenant=`` or else from ``TenantContext``. ``system=True``
-        runs on the admin pool without a tenant (say why in ``reason=``; it is logged).
-        ``timeout`` (seconds) is this transaction's statement timeout; 0 disables it.
-        ``readonly=True`` goes to a replica when replicas are configured (``primary=True``
-        keeps it on the primary). Inside an open unit of work of the same task this becomes
-        a savepoint.
+        No tenant means no rows and no writes, as in a unit of work. Use a unit of work
+        when several statements must commit or fail together.
         """
-        return TransactionContext(
-            self, tenant=tenant, system=system, reason=reason, isolation=isolation,
-            readonly=readonly, deferrable=deferrable, timeout=timeout,
-            acquire_timeout=acquire_timeout, primary=primary,
-        )
+        if system and tenant is not None:
+            raise TransactionError("a system executor has no tenant; pass one or the other")
+        if system:
+            log.info("system_autocommit", reason=reason or "(no reason given)")
+        resolved = None if system else (
+            parse_tenant_id(tenant) if tenant is not None else TenantContext.current())
+        return Autocommit(self.runtime, tenant=resolved, system=system, readonly=readonly,
+                          primary=primary, timeout=timeout, acquire_timeout=acquire_timeout)
 
     async def run_in_transaction(
         self,
         fn: Callable[..., Awaitable[T]],
         *args: Any,
         retries: int = 3,
-        tenant: Any = None,
-        system: bool = False,
-        reason: str | None = None,
-        isolation: Isolation = "read_committed",
-        readonly: bool = False,
         idempotent: bool = False,
+        options: TransactionOptions | None = None,
         **kwargs: Any,
     ) -> T:
-        """Run ``await fn(uow, *args, **kwargs)`` in a unit of work, re-running the whole of
-        it on serialization failure or deadlock (never on other errors), up to ``retries``
-        extra times with jittered exponential backoff. ``idempotent=True`` also re-runs it
-        when the connection is lost or the pool cannot connect - only safe when running the
-        function twice does no harm (its commit may have happened before the loss)."""
+        """Run ``await fn(uow, *args, **kwargs)`` in a unit of work with ``options``,
+        re-running the whole of it on serialization failure or deadlock (never on other
+        errors), up to ``retries`` extra times with jittered exponential backoff.
+        ``idempotent=True`` also re-runs it when the connection is lost or the pool cannot
+        connect - only safe when running the function twice does no harm (its commit may
+        have happened before the loss)."""
         retryable: tuple[type[BaseException], ...] = (TransientError,)
         if idempotent:
             retryable += (ConnectionLost, ConnectError, PoolTimeout)
@@ -198,14 +211,11 @@ class Database:
             reraise=True,
         ):
             with attempt:
-                async with self.transaction(
-                    tenant=tenant, system=system, reason=reason,
-                    isolation=isolation, readonly=readonly,
-                ) as uow:
+                async with TransactionContext(self.runtime, options or {}) as uow:
                     result = await fn(uow, *args, **kwargs)
         return result  # type: ignore[return-value]
 
-    async def health(self, **options: Any) -> Any:
+    async def health(self, **options: Any) -> HealthReport:
         """The health report; see :func:`pgaccess.health.check`."""
         from .health import check
 
@@ -225,13 +235,14 @@ def _log_retry(state: Any) -> None:
 def transactional(
     *,
     retries: int = 3,
-    isolation: Isolation = "read_committed",
-    readonly: bool = False,
+    idempotent: bool = False,
     db_attribute: str = "db",
+    **options: Unpack[TransactionOptions],
 ) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Decorate a service method ``async def m(self, uow, ...)``: it runs in a unit of work
-    on ``self.db`` (the tenant from ``TenantContext``) and is retried as a whole on
-    serialization failures and deadlocks. Callers invoke it as ``await service.m(...)``."""
+    on ``self.db`` with ``options`` (the tenant from ``TenantContext`` unless given) and is
+    retried as a whole on serialization failures and deadlocks. Callers invoke it as
+    ``await service.m(...)``."""
 
     def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(fn)
@@ -242,10 +253,9 @@ def transactional(
                 return await fn(self, uow, *args, **kwargs)
 
             return await db.run_in_transaction(
-                body, retries=retries, isolation=isolation, readonly=readonly
+                body, retries=retries, idempotent=idempotent, options=options
             )
 
         return wrapper
 
     return decorate
-

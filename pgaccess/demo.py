@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"== without a tenant: {unscoped} projects visible (RLS fails closed)")
             print("== pool")
             s = db.pool.stats()
-            print(f"  size={s.size} idle={s.idle} acquires={s.acquires} full_resets={s.full_resets}")
+            print(f"  size={s.size} idle={s.idle} acquires={s.acquires} discarded={s.connections_discarded}")
             print("== health")
             report = await check(db, migrations_dir="migrations")
             print(render(report))

@@ -53,14 +53,14 @@ class Metrics:
             for replica in db.replicas.states:
                 lag = replica.lag_s if replica.healthy and replica.lag_s is not None else -1
                 self.replica_lag.labels(replica.name).set(lag)
-        for pool in (db.pool, db._admin_pool, *(db.replicas.pools if db.replicas else [])):
+        for pool in (db.pool, db.runtime.admin_pool, *(db.replicas.pools if db.replicas else [])):
             if pool is None:
                 continue
             s = pool.stats()
             for state in ("size", "idle", "in_use", "waiting", "max_size"):
                 self.pool.labels(pool.name, state).set(getattr(s, state))
             for event in ("acquires", "timeouts", "connections_opened", "connections_lost",
-                          "connections_failed", "connections_retired", "full_resets"):
+                          "connections_failed", "connections_retired", "connections_discarded"):
                 self.pool_events.labels(pool.name, event).set(getattr(s, event))
 
 

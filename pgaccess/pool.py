@@ -5,12 +5,15 @@ adds them without putting anything on the hot path that costs a round trip:
 
 * connect retries with exponential backoff and jitter, only on errors that can heal;
   authentication failures and unknown databases fail at once;
+* every connection starts with the pinned settings of :mod:`pgaccess.session`, and every
+  checkout starts from a reset session - folded into the unit of work's first round trip,
+  or one round trip of its own for raw ``pool.connection()`` use; so release needs no
+  reset round trip at all (asyncpg's default one is skipped);
 * acquire is always bounded (``PoolTimeout`` carries the stats);
 * connections are retired after ``max_lifetime`` (with jitter), from the release hook;
 * a connection held longer than ``leak_threshold`` is logged with the place that took it;
-* release skips asyncpg's ``RESET ALL`` round trip for connections that only ran
-  transaction-local work (see :meth:`Pool.mark_dirty` and ``docs/RELEASE.md``), and for
-  those also the Task asyncpg creates per release, while keeping waiters first in line;
+* release runs in the caller's task (no Task per release) while keeping waiters first in
+  line - asyncpg internals, see :mod:`pgaccess.driver`;
 * ``stats()`` in the spirit of psycopg_pool's ``get_stats()``;
 * ``close()`` waits for in-flight work up to a deadline, then terminates and says who held
   connections.
@@ -29,7 +32,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeAlias
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -38,39 +40,35 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from . import driver
 from .config import Settings, redact
 from .errors import ConnectError, PoolClosed, PoolTimeout
 from .log import get_logger
+from .session import opening_sql, pinned_settings, set_local_all
 
 log = get_logger("pool")
 
-# Issued on release only for connections that may carry session state (raw access).
-FULL_RESET = (
-    "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL; "
-    "DISCARD TEMP; DISCARD SEQUENCES;"
-)
-
 
 class Connection(asyncpg.Connection):
-    """asyncpg connection with the bookkeeping the pool needs (born, retire-at, dirty)."""
+    """asyncpg connection with the bookkeeping the pool needs (retire-at, leak tracking)."""
 
-    __slots__ = ("_pga_acquired_at", "_pga_dirty", "_pga_retire_at", "_pga_stack")
+    __slots__ = ("_pga_acquired_at", "_pga_retire_at", "_pga_stack")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pga_retire_at = float("inf")
-        self._pga_dirty = True
         self._pga_acquired_at = 0.0
         self._pga_stack: list[str] | None = None
 
 
-PooledConnection: TypeAlias = "PoolConnectionProxy[Any]"
+PooledConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[Any]"
 """What ``acquire`` returns: asyncpg's proxy, with every ``asyncpg.Connection`` method."""
 
 
 def raw_connection(proxy: Any) -> Connection:
     """The pgaccess Connection behind a pool proxy (None once released)."""
-    return proxy._con  # type: ignore[no-any-return]
+    con: Connection = driver.raw_connection(proxy)
+    return con
 
 
 @dataclass
@@ -91,7 +89,8 @@ class PoolStats:
     connections_lost: int
     connections_failed: int
     connections_retired: int
-    full_resets: int
+    connections_discarded: int
+    fast_path: bool
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,7 +149,7 @@ def is_transient_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.ConnectionDoesNotExistError))
 
 
-def _connect_error_message(exc: BaseException, dsn: str) -> str:
+def connect_error_message(exc: BaseException, dsn: str) -> str:
     where = redact(dsn)
     if isinstance(exc, asyncpg.InvalidPasswordError):
         return f"authentication failed for {where}: {exc}; check the user and password"
@@ -181,11 +180,18 @@ class Pool:
         self._lost = 0
         self._failed = 0
         self._retired = 0
-        self._full_resets = 0
+        self._discarded = 0
         self._held: dict[int, Connection] = {}
+        self._fast = False
         # False once the server (a transaction pooler such as PgBouncer) refused our
-        # startup parameters: timeouts then travel with each BEGIN (see uow).
+        # startup parameters: the pinned settings then travel with each BEGIN, and
+        # autocommit statements take the transaction form (see pgaccess.executor).
         self.session_settings = True
+        # True on a Citus coordinator: the tenant then travels as SET LOCAL with
+        # citus.propagate_set_commands = 'local', the only form the workers receive.
+        self.distributed = False
+        self._probed = False
+        self._pinned = pinned_settings(settings)
 
     # -- opening -----------------------------------------------------------------------
 
@@ -202,13 +208,26 @@ class Pool:
                 reset=self._reset,
                 connection_class=Connection,
                 statement_cache_size=s.statement_cache_size,
-                server_settings=s.connection_settings(),
+                server_settings=self._pinned,
                 timeout=s.connect_timeout,
             )
         except ConnectError:
             raise
         except Exception as exc:  # pragma: no cover - create_pool surfaces our own errors
-            raise ConnectError(_connect_error_message(exc, self.dsn)) from exc
+            raise ConnectError(connect_error_message(exc, self.dsn)) from exc
+        if s.min_size:
+            probe = await self._pool.acquire()
+            try:
+                await self._probe(probe)
+            finally:
+                await self._pool.release(probe)
+        missing = driver.missing_internals(self._pool)
+        self._fast = not missing
+        if missing:
+            log.warning("asyncpg_fast_path_disabled", pool=self.name, missing=missing,
+                        asyncpg=asyncpg.__version__,
+                        hint="this asyncpg is newer than pgaccess knows; releases take asyncpg's "
+                             "slower public path")
         log.info("pool_opened", pool=self.name, dsn=redact(self.dsn), max_size=s.max_size)
         return self
 
@@ -231,12 +250,12 @@ class Pool:
                     except Exception as exc:
                         self._failed += 1
                         if not is_transient_connect_error(exc):
-                            raise ConnectError(_connect_error_message(exc, self.dsn)) from exc
+                            raise ConnectError(connect_error_message(exc, self.dsn)) from exc
                         raise
         except RetryError as err:
             last = err.last_attempt.exception()
             raise ConnectError(
-                f"{_connect_error_message(last or err, self.dsn)} (gave up after {attempt} "
+                f"{connect_error_message(last or err, self.dsn)} (gave up after {attempt} "
                 f"attempts in {budget:g}s, PGACCESS_CONNECT_RETRY_BUDGET); is the server up?"
             ) from last
         self._opened += 1
@@ -269,48 +288,76 @@ class Pool:
         if not self._closing and getattr(con, "_pga_retire_at", 0.0) != -1.0:
             self._lost += 1
 
+    @property
+    def pinned_local(self) -> str:
+        """``SET LOCAL`` of the pinned settings a transaction pooler refused at connect time
+        ('' when they are startup parameters): sent with every BEGIN."""
+        if self.session_settings:
+            return ""
+        return set_local_all({k: v for k, v in self._pinned.items() if k not in _POOLER_PARAMETERS})
+
     async def _reset(self, con: asyncpg.Connection) -> None:
+        # asyncpg has already rolled back an open transaction; the session itself is reset
+        # by the next user's first round trip (pgaccess.session), so nothing else is sent.
         assert isinstance(con, Connection)
         if time.monotonic() >= con._pga_retire_at:
             self._retired += 1
             con._pga_retire_at = -1.0
             await con.close(timeout=2)
-            return
-        if con._pga_dirty:
-            self._full_resets += 1
-            await con.execute(FULL_RESET)
 
     # -- acquire / release -------------------------------------------------------------
 
-    async def acquire(self, timeout: float | None = None, *, clean: bool = False) -> PooledConnection:
+    async def acquire(self, timeout: float | None = None, *, reset: bool = True) -> PooledConnection:
         """Take a connection, waiting at most ``timeout`` (default: the acquire timeout).
 
-        ``clean=True`` is for callers that promise to leave only transaction-local state
-        (the unit of work): their release skips the reset round trip unless they call
-        :meth:`mark_dirty`.
+        The connection comes from a reset session with no tenant (one round trip).
+        ``reset=False`` is for callers that send the reset in their own first round trip
+        (units of work and autocommit statements, see :mod:`pgaccess.session`).
         """
         pool = self._pool
         if pool is None or self._closing:
             raise PoolClosed(f"pool {self.name!r} is closed; call await pool.open() first")
-        if self.has_idle():
+        if self._fast and driver.pool_has_idle(pool):
             # A free holder is waiting: taking it never blocks (a reconnect is bounded by
             # connect_timeout), so no timer and no wait accounting. This is the hot path.
             proxy = await pool.acquire()
         else:
             proxy = await self._acquire_waiting(pool, timeout)
         self._acquires += 1
+        if not self._probed:
+            try:
+                await self._probe(proxy)
+            except BaseException:
+                await self.discard(proxy)
+                raise
         if self.settings.check_on_acquire:
             proxy = await self._checked(pool, proxy, timeout)
-        con = raw_connection(proxy)
-        con._pga_dirty = not clean
         if self.settings.leak_threshold:
+            con = raw_connection(proxy)
             con._pga_acquired_at = time.monotonic()
             con._pga_stack = traceback.format_stack(limit=12)[:-1]
             self._held[id(proxy)] = con
             asyncio.get_running_loop().call_later(
                 self.settings.leak_threshold, self._check_leak, proxy, con._pga_acquired_at
             )
+        if reset and self.session_settings:
+            # Behind a transaction pooler a session reset would reach some server
+            # connection, not necessarily the next one: units of work reset in-transaction.
+            try:
+                await proxy.execute(opening_sql(
+                    begin=None, tenant_setting=self.settings.tenant_setting, tenant=""))
+            except BaseException:
+                await self.discard(proxy)
+                raise
         return proxy
+
+    async def _probe(self, proxy: PooledConnection) -> None:
+        """One look at the server, on the first connection: whether it is a transaction
+        pooler (connecting told) and whether it is a Citus coordinator decide how units of
+        work and autocommit statements talk to it."""
+        self.distributed = bool(await proxy.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')"))
+        self._probed = True
 
     async def _acquire_waiting(self, pool: asyncpg.Pool, timeout: float | None) -> PooledConnection:
         timeout = self.settings.acquire_timeout if timeout is None else timeout
@@ -364,15 +411,10 @@ class Pool:
         pool = self._pool
         if pool is None:
             return
-        raw: Any = con._con  # asyncpg internals below (_protocol, _on_release, _holder)
-        if (raw is not None and not raw._pga_dirty and not raw.is_closed()
-                and not raw.is_in_transaction() and not raw._protocol._is_cancelling()
-                and raw._pga_retire_at > time.monotonic()):
-            # Nothing to roll back, reset or close, so no await below suspends and a
-            # cancellation cannot cut the release short: asyncpg's own release shields it
-            # with a new Task per call, the costliest step of a unit of work's client side.
-            raw._on_release()
-            await con._holder.release(None)
+        raw = raw_connection(con)
+        if (self._fast and raw is not None and raw._pga_retire_at > time.monotonic()
+                and driver.can_release_in_task(raw)):
+            await driver.release_in_task(con)
             if self._waiting:
                 # Let the waiter that was just woken take the connection before this task
                 # (which may go straight on to its next unit of work) can barge in and take
@@ -381,13 +423,20 @@ class Pool:
             return
         await pool.release(con)
 
+    async def discard(self, con: Any) -> None:
+        """Terminate a connection that may be mid-operation or tampered with, and give its
+        slot back (the pool opens a new connection when it needs one)."""
+        self._discarded += 1
+        raw = raw_connection(con)
+        if raw is not None:
+            raw.terminate()
+            await self.release(con)
+
     @asynccontextmanager
-    async def connection(
-        self, timeout: float | None = None, *, clean: bool = False
-    ) -> AsyncIterator[PooledConnection]:
-        """``async with pool.connection() as con:`` - raw access, released with a full reset
-        unless ``clean=True`` (the caller promises to leave no session state)."""
-        con = await self.acquire(timeout, clean=clean)
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[PooledConnection]:
+        """``async with pool.connection() as con:`` - raw access to a reset session with no
+        tenant; whatever it leaves behind is reset by the next user."""
+        con = await self.acquire(timeout)
         try:
             yield con
         finally:
@@ -395,14 +444,7 @@ class Pool:
 
     def has_idle(self) -> bool:
         """True when a free connection is waiting in the pool (cheap; no locking)."""
-        queue = getattr(self._pool, "_queue", None)
-        return queue is not None and not queue.empty()
-
-    def mark_dirty(self, con: Any) -> None:
-        """The connection may carry session state: reset it fully on release."""
-        raw = raw_connection(con) if isinstance(con, PoolConnectionProxy) else con
-        if raw is not None:
-            raw._pga_dirty = True
+        return driver.pool_has_idle(self._pool)
 
     def held_connections(self) -> list[str]:
         """Where each connection still checked out was acquired (needs leak_threshold > 0)."""
@@ -429,7 +471,8 @@ class Pool:
             connections_lost=self._lost,
             connections_failed=self._failed,
             connections_retired=self._retired,
-            full_resets=self._full_resets,
+            connections_discarded=self._discarded,
+            fast_path=self._fast,
         )
 
     @property

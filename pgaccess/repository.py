@@ -30,16 +30,24 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import asyncpg
 
-from .errors import ParameterError, TenantRequired, from_asyncpg
+from .errors import ParameterError, TenantRequired, TransactionError
+from .uow import UnitOfWork
 
 if TYPE_CHECKING:
-    from .uow import UnitOfWork
+    from .executor import Executor, Runtime
+
+# Column types of tables, per runtime (database), read once from the catalogue.
+_column_types: weakref.WeakKeyDictionary[Runtime, dict[str, dict[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 Row = TypeVar("Row")
 
@@ -74,6 +82,9 @@ class BaseRepository(Generic[Row]):
     table: ClassVar[str]
     row: ClassVar[type[Any]]
     key: ClassVar[str] = "id"
+    # The table's schema when ``table`` does not name one: generated SQL is always
+    # schema-qualified, so nothing in a search path (or pg_temp) can shadow the table.
+    schema: ClassVar[str] = "public"
     # A stable, unique order for keyset pagination (ends with a unique column).
     order_by: ClassVar[tuple[str, ...]] = ("id",)
 
@@ -82,6 +93,7 @@ class BaseRepository(Generic[Row]):
     _sql: ClassVar[dict[str, str]]
     _shape_cache: ClassVar[dict[tuple[str, tuple[str, ...]], str]]
     _names: ClassVar[dict[str, str]]
+    _qualified: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -94,7 +106,8 @@ class BaseRepository(Generic[Row]):
         for name in (cls.key, *cls.order_by):
             if name not in cls._columns:
                 raise TypeError(f"{cls.__name__}: {name!r} is not a field of {cls.row.__name__}")
-        table = ident(cls.table)
+        cls._qualified = cls.table if "." in cls.table else f"{cls.schema}.{cls.table}"
+        table = ident(cls._qualified)
         cols = ", ".join(ident(c) for c in cls._columns)
         key = ident(cls.key)
         order = ", ".join(ident(c) for c in cls.order_by)
@@ -114,8 +127,8 @@ class BaseRepository(Generic[Row]):
             "delete": f"DELETE FROM {table} WHERE {key} = $1",
         }
 
-    def __init__(self, uow: UnitOfWork) -> None:
-        self.uow = uow
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
 
     # -- mapping ---------------------------------------------------------------------------
 
@@ -146,7 +159,7 @@ class BaseRepository(Generic[Row]):
         sql = cls._shape_cache.get(key)
         if sql is not None:
             return sql
-        table, cols = ident(cls.table), ", ".join(ident(c) for c in cls._columns)
+        table, cols = ident(cls._qualified), ", ".join(ident(c) for c in cls._columns)
         order = ", ".join(ident(c) for c in cls.order_by)
         if kind == "insert":
             params = ", ".join(f"${i + 1}" for i in range(len(names)))
@@ -167,7 +180,7 @@ class BaseRepository(Generic[Row]):
     # -- reads -----------------------------------------------------------------------------
 
     async def find_by_id(self, key: Any) -> Row | None:
-        rec = await self.uow._run("fetchrow", self._sql["find_by_id"], (key,),
+        rec = await self.executor.run("fetchrow", self._sql["find_by_id"], (key,),
                                   self._run_name("find_by_id"))
         return self._row(rec)
 
@@ -176,7 +189,7 @@ class BaseRepository(Generic[Row]):
         appear once (at their first position). One query (``= ANY($1)``)."""
         if not keys:
             return []
-        records = await self.uow._run("fetch", self._sql["find_by_ids"], (list(keys),),
+        records = await self.executor.run("fetch", self._sql["find_by_ids"], (list(keys),),
                                       self._run_name("find_by_ids"))
         rows = self._rows(records)
         by_key = {getattr(r, self.key): r for r in rows}
@@ -189,11 +202,11 @@ class BaseRepository(Generic[Row]):
         return out
 
     async def exists(self, key: Any) -> bool:
-        return bool(await self.uow._run("fetchval", self._sql["exists"], (key,),
+        return bool(await self.executor.run("fetchval", self._sql["exists"], (key,),
                                         self._run_name("exists")))
 
     async def count(self) -> int:
-        return int(await self.uow._run("fetchval", self._sql["count"], (),
+        return int(await self.executor.run("fetchval", self._sql["count"], (),
                                        self._run_name("count")))
 
     async def find_page(self, limit: int = 50, after: Sequence[Any] | None = None) -> Page[Row]:
@@ -206,14 +219,14 @@ class BaseRepository(Generic[Row]):
             # PostgreSQL re-planned it on every call (a bound LIMIT makes custom plans look
             # cheaper), which cost 5-15% of W2's throughput at concurrency 16.
             sql = self._shaped_sql(f"first_page {limit}", ())
-            records = await self.uow._run("fetch", sql, (), self._run_name("find_page"))
+            records = await self.executor.run("fetch", sql, (), self._run_name("find_page"))
         else:
             if len(after) != len(self.order_by):
                 raise ParameterError(
                     f"cursor must have {len(self.order_by)} values ({self.order_by}), "
                     f"got {len(after)}"
                 )
-            records = await self.uow._run("fetch", self._sql["next_page"], (*after, limit),
+            records = await self.executor.run("fetch", self._sql["next_page"], (*after, limit),
                                           self._run_name("find_page"))
         rows = self._rows(records)
         cursor = None
@@ -226,7 +239,7 @@ class BaseRepository(Generic[Row]):
         """Rows whose columns equal the given values, in ``order_by`` order."""
         names = self._check_columns(equals, "find_where")
         sql = self._shaped_sql("find_where", tuple(names))
-        records = await self.uow._run("fetch", sql, (*equals.values(), limit),
+        records = await self.executor.run("fetch", sql, (*equals.values(), limit),
                                       self._run_name("find_where"))
         return self._rows(records)
 
@@ -236,7 +249,7 @@ class BaseRepository(Generic[Row]):
 
     async def query(self, name: str, **params: Any) -> list[Row]:
         """Run the named select ``name`` (from ``sql/``) and map its rows to ``row``."""
-        records = await self.uow.db.queries.call(self.uow, name, params)
+        records = await self.executor.runtime.named_queries().call(self.executor, name, params)
         if isinstance(records, list):
             return [self.row(**dict(r)) for r in records]
         return [] if records is None else [self.row(**dict(records))]
@@ -251,7 +264,7 @@ class BaseRepository(Generic[Row]):
         data = self._values({**values, **kw} if values else kw)
         names = self._check_columns(data, "insert")
         sql = self._shaped_sql("insert", tuple(names))
-        rec = await self.uow._run("fetchrow", sql, tuple(data.values()), self._run_name("insert"))
+        rec = await self.executor.run("fetchrow", sql, tuple(data.values()), self._run_name("insert"))
         row = self._row(rec)
         assert row is not None
         return row
@@ -282,44 +295,55 @@ class BaseRepository(Generic[Row]):
             return await self._insert_via_copy(names, records, types, conflict)
         casts = ", ".join(f"${i + 1}::{types[c]}[]" for i, c in enumerate(names))
         cols = ", ".join(ident(c) for c in names)
-        sql = f"INSERT INTO {ident(self.table)} ({cols}) SELECT * FROM unnest({casts}){conflict}"
+        sql = f"INSERT INTO {ident(self._qualified)} ({cols}) SELECT * FROM unnest({casts}){conflict}"
         arrays = [list(col) for col in zip(*records, strict=True)]
-        status = await self.uow._run("execute", sql, arrays, self._run_name("insert_many"))
+        status = await self.executor.run("execute", sql, arrays, self._run_name("insert_many"))
         return int(status.rsplit(" ", 1)[-1])
 
     async def _insert_via_copy(self, names: list[str], records: list[tuple[Any, ...]],
                                types: dict[str, str], conflict: str) -> int:
-        run, name = self.uow._run, self._run_name("insert_many")
-        temp = f"pgaccess_load_{self.table.replace('.', '_')}"
+        executor, name = self.executor, self._run_name("insert_many")
+        if not isinstance(executor, UnitOfWork):
+            raise TransactionError(
+                f"{name} through COPY needs a unit of work (its load table lives for one "
+                "transaction): call it inside `async with db.transaction(...)`, or pass "
+                "method='unnest'"
+            )
+        # A fresh name in pg_temp, created here (never IF NOT EXISTS: nothing anyone else
+        # made is reused); ON COMMIT DROP: it never outlives the unit of work.
+        temp = f"pgaccess_load_{uuid.uuid4().hex}"
         cols = ", ".join(ident(c) for c in names)
         defs = ", ".join(f"{ident(c)} {types[c]}" for c in names)
-        # ON COMMIT DROP: the temporary table never outlives the unit of work.
-        await run("execute", f"CREATE TEMP TABLE IF NOT EXISTS {ident(temp)} ({defs}) ON COMMIT DROP",
-                  (), name)
-        await run("execute", f"TRUNCATE {ident(temp)}", (), name)
-        try:
-            await self.uow._check().copy_records_to_table(temp, records=records, columns=names)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise from_asyncpg(exc, name) from exc
-        status = await run(
-            "execute", f"INSERT INTO {ident(self.table)} ({cols}) SELECT {cols} FROM {ident(temp)}{conflict}",
+        await executor.run("execute", f'CREATE TEMP TABLE pg_temp."{temp}" ({defs}) ON COMMIT DROP',
+                           (), name)
+        await executor.copy_records_to_table(temp, records=records, columns=names,
+                                             schema_name="pg_temp", name=name)
+        status = await executor.run(
+            "execute",
+            f'INSERT INTO {ident(self._qualified)} ({cols}) SELECT {cols} FROM pg_temp."{temp}"{conflict}',
             (), name,
         )
         return int(status.rsplit(" ", 1)[-1])
 
     async def _column_types(self) -> dict[str, str]:
-        cache = self.uow.db.column_types
-        types = cache.get(self.table)
+        cache = _column_types.setdefault(self.executor.runtime, {})
+        types = cache.get(self._qualified)
         if types is None:
-            records = await self.uow._run(
+            # Looked up by the qualified name and never from a temporary schema, so no
+            # temporary table can shadow it (the cache is shared by every tenant).
+            records = await self.executor.run(
                 "fetch",
-                "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
-                "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
-                (self.table,),
+                "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type "
+                "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                tuple(self._qualified.split(".", 1)),
                 "pgaccess.column_types",
             )
             types = {r["attname"]: r["type"] for r in records}
-            cache[self.table] = types
+            if not types:
+                raise ParameterError(f"{type(self).__name__}: table {self._qualified} not found")
+            cache[self._qualified] = types
         return types
 
     async def update(self, key: Any, values: Mapping[str, Any] | None = None, **kw: Any) -> Row | None:
@@ -329,30 +353,30 @@ class BaseRepository(Generic[Row]):
         if not names:
             raise ParameterError("update: give at least one column to set")
         sql = self._shaped_sql("update", tuple(names))
-        rec = await self.uow._run("fetchrow", sql, (key, *data.values()), self._run_name("update"))
+        rec = await self.executor.run("fetchrow", sql, (key, *data.values()), self._run_name("update"))
         return self._row(rec)
 
     async def delete(self, key: Any) -> bool:
-        status = await self.uow._run("execute", self._sql["delete"], (key,), self._run_name("delete"))
+        status = await self.executor.run("execute", self._sql["delete"], (key,), self._run_name("delete"))
         return bool(status.endswith(" 1"))
 
 
 class TenantAwareRepository(BaseRepository[Row]):
     """For tenant-owned tables: needs a tenant (or the system context); RLS filters."""
 
-    def __init__(self, uow: UnitOfWork) -> None:
-        if uow.tenant is None and not uow.system:
+    def __init__(self, executor: Executor) -> None:
+        if executor.tenant is None and not executor.system:
             raise TenantRequired(
-                f"{type(self).__name__} works on tenant-owned data and this unit of work has no "
-                "tenant: use db.transaction(tenant=...) or `with tenant_scope(...)`, or "
-                "db.transaction(system=True, reason=...) for cross-tenant jobs"
+                f"{type(self).__name__} works on tenant-owned data and this executor has no "
+                "tenant: use db.transaction(tenant=...) / db.autocommit(tenant=...) or "
+                "`with tenant_scope(...)`, or system=True with a reason for cross-tenant jobs"
             )
-        super().__init__(uow)
+        super().__init__(executor)
 
     def _values(self, values: Mapping[str, Any]) -> dict[str, Any]:
         data = dict(values)
-        if "tenant_id" not in data and self.uow.tenant is not None:
-            data = {"tenant_id": self.uow.tenant, **data}
+        if "tenant_id" not in data and self.executor.tenant is not None:
+            data = {"tenant_id": self.executor.tenant, **data}
         return data
 
     # The story's names for tenant-scoped finds; the filter itself is RLS.

@@ -25,14 +25,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import statistics
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pytest
 import pytest_asyncio
 
+from .autocommit import Autocommit
 from .config import Settings, with_database
 from .database import Database
 from .devdb.clone import (
@@ -49,9 +50,10 @@ from .devdb.clone import (
 from .devdb.fixture_tenants import TenantChoice, fixture_tenants
 from .devdb.servers import ThrowawayServer, start_test_server
 from .errors import ConfigError
+from .executor import Method, Runtime
 from .pool import raw_connection
 from .tenancy import tenant_scope
-from .uow import TransactionContext, UnitOfWork
+from .uow import TransactionContext, TransactionOptions, UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ async def assert_no_leaks(db: Database) -> None:
     from .uow import background_commits_done
 
     await background_commits_done()
-    for pool in (db.pool, db._admin_pool):
+    for pool in (db.pool, db.runtime.admin_pool):
         if pool is None or not pool.is_open:
             continue
         stats = pool.stats()
@@ -216,7 +218,7 @@ def shared_database(pg_server: ThrowawayServer, migrated_template: str) -> Itera
     asyncio.run(drop_database(pg_server.dsn, name))
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def db_tx(shared_database: str, pgaccess_project: Project) -> AsyncIterator[Database]:
     """A Database whose units of work all run inside one transaction, rolled back at the end.
 
@@ -254,7 +256,11 @@ def as_tenant() -> type[tenant_scope]:
 
 
 class RollbackDatabase(Database):
-    """A Database pinned to one connection inside an outer transaction (see ``db_tx``)."""
+    """A Database pinned to one connection inside an outer transaction (see ``db_tx``).
+
+    Each unit of work is a savepoint of that transaction, run as the app role (or the admin
+    role for system work) with its tenant; autocommit statements are one savepoint each.
+    """
 
     def __init__(self, owner_dsn: str, project: Project) -> None:
         super().__init__(
@@ -272,29 +278,36 @@ class RollbackDatabase(Database):
     async def close(self, timeout: float = 10.0) -> None:
         if self._outer is not None:
             await self._outer.execute("ROLLBACK")
-            self.pool.mark_dirty(self._outer)
             await self.pool.release(self._outer)
             self._outer = None
         await self.pool.close(timeout)
 
-    def transaction(self, **kwargs: Any) -> TransactionContext:
-        return _PinnedContext(self, **kwargs)
+    def transaction(self, **options: Unpack[TransactionOptions]) -> TransactionContext:
+        return _PinnedContext(self.runtime, options, outer=self._outer)
+
+    def autocommit(self, *, tenant: Any = None, system: bool = False, reason: str | None = None,
+                   readonly: bool = False, primary: bool = False, timeout: float | None = None,
+                   acquire_timeout: float | None = None) -> Autocommit:
+        executor = super().autocommit(tenant=tenant, system=system, reason=reason,
+                                      readonly=readonly)
+        return _PinnedAutocommit(self.runtime, tenant=executor.tenant, system=system,
+                                 readonly=readonly, outer=self._outer)
 
 
 class _PinnedUnitOfWork(UnitOfWork):
-    async def _begin(self, statement: Callable[[], str], acquire_timeout: float | None) -> None:
-        db = self.db
-        assert isinstance(db, RollbackDatabase)
-        self._con = db._outer
+    __slots__ = ("_outer",)
+    _outer: Any
+
+    async def _begin(self, begin: str, timeout: float | None, acquire_timeout: float | None) -> None:
+        self._con = self._outer
         self._raw = raw_connection(self._con)
         self._task = asyncio.current_task()
         self._savepoints += 1
         role = ADMIN_ROLE if self.system else APP_ROLE
-        tenant = "" if self.tenant is None else db.settings.tenant_value(self.tenant)
-        assert self._con is not None
-        await self._con.execute(
+        tenant = self.runtime.tenant_value(self.tenant, self._outer)
+        await self._outer.execute(
             f"SAVEPOINT pgaccess_test_tx; SET LOCAL ROLE {role}; "
-            f"SELECT set_config('{db.settings.tenant_setting}', '{tenant}', true)"
+            f"SELECT set_config('{self.runtime.settings.tenant_setting}', '{tenant}', true)"
         )
         self._state = "active"
 
@@ -308,7 +321,7 @@ class _PinnedUnitOfWork(UnitOfWork):
             if asyncio.iscoroutine(result):
                 await result
 
-    async def _rollback(self) -> None:
+    async def _rollback(self, broken: bool) -> None:
         con = self._con
         self._state = "done"
         self._con = self._raw = None
@@ -317,21 +330,38 @@ class _PinnedUnitOfWork(UnitOfWork):
 
 
 class _PinnedContext(TransactionContext):
-    async def __aenter__(self) -> UnitOfWork:
-        from .tenancy import TenantContext
-        from .uow import _active
+    __slots__ = ("_outer",)
 
-        outer = _active.get()
+    def __init__(self, runtime: Runtime, options: TransactionOptions, *, outer: Any) -> None:
+        super().__init__(runtime, options)
+        self._outer = outer
+
+    async def __aenter__(self) -> UnitOfWork:
+        outer = self.runtime.active.get()
         if outer is not None and outer.active and outer._task is asyncio.current_task():
             return await super().__aenter__()  # a savepoint inside the pinned unit of work
-        tenant = self.tenant
-        if tenant is None and not self.system:
-            tenant = TenantContext.current()
+        system = bool(self.options.get("system", False))
         uow = _PinnedUnitOfWork(
-            self.db, self.db.pool, tenant=tenant, system=self.system,
-            isolation=self.isolation, readonly=self.readonly,
+            self.runtime, self.runtime.pool, tenant=self._resolved_tenant(), system=system,
+            isolation=self.options.get("isolation", "read_committed"),
+            readonly=bool(self.options.get("readonly", False)),
         )
-        await uow._begin(lambda: "", None)
+        uow._outer = self._outer
+        await uow._begin("", None, None)
         self._uow = uow
-        self._token = _active.set(uow)
+        self._token = self.runtime.active.set(uow)
         return uow
+
+
+class _PinnedAutocommit(Autocommit):
+    __slots__ = ("_outer",)
+
+    def __init__(self, runtime: Runtime, *, tenant: Any, system: bool, readonly: bool,
+                 outer: Any) -> None:
+        super().__init__(runtime, tenant=tenant, system=system, readonly=readonly)
+        self._outer = outer
+
+    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None) -> Any:
+        options: TransactionOptions = {"system": True} if self.system else {"tenant": self.tenant}
+        async with _PinnedContext(self.runtime, options, outer=self._outer) as uow:
+            return await uow.run(method, sql, args, name)

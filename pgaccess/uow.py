@@ -1,138 +1,80 @@
 """The unit of work: one explicit transaction that carries the tenant.
 
-``async with db.transaction(tenant=t) as uow:`` acquires a connection, sends ``BEGIN`` and
-the transaction-local tenant setting in *one* round trip, commits on normal exit, rolls back
-on any exception (re-raised, typed) and returns the connection to the pool clean. Nested
-``db.transaction()`` / ``uow.savepoint()`` blocks become savepoints.
+``async with db.transaction(tenant=t) as uow:`` acquires a connection and, in *one* round
+trip, begins the transaction, resets the session (see :mod:`pgaccess.session`) and sets the
+transaction-local tenant; it commits on normal exit, rolls back on any exception (re-raised,
+typed) and returns the connection to the pool.
 
-Release is cheap: every setting pgaccess makes is transaction-local, so the pool skips
-asyncpg's ``RESET ALL`` round trip unless this unit of work may have left session state
-behind (raw ``uow.connection`` access, or a statement that ``affects_session`` flags). See
-``docs/RELEASE.md`` for what can leak and the tests that prove it does not.
+Nesting: inside an open unit of work of the same task and the same database,
+``db.transaction()`` and ``uow.savepoint()`` become savepoints. A nested request for another
+tenant, the system context, another isolation level or read-only mode raises
+:class:`~pgaccess.errors.TransactionError` naming the difference (a savepoint cannot change
+them, and silently running in the outer transaction would be wrong). A transaction of
+*another* ``Database`` is independent: its own connection and its own commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from uuid import UUID
 
 import asyncpg
 
 from .errors import ConnectionLost, PgAccessError, TransactionError, from_asyncpg
-from .log import get_logger, log_query
+from .executor import DRIVER_ERRORS, Executor, Method, Runtime, open_session
+from .log import get_logger
 from .pool import raw_connection
-from .replicas import last_write_at
+from .session import ISOLATION_SQL, begin_sql, opening_sql
 from .tenancy import TenantContext, parse_tenant_id
 
 if TYPE_CHECKING:
-    from .database import Database
     from .pool import Connection, Pool, PooledConnection
-    from .repository import BaseRepository
 
 log = get_logger("uow")
 
-# What the driver raises: server errors, client/protocol errors, and socket errors.
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
-
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
-_ISOLATION_SQL = {
-    "read_committed": "READ COMMITTED",
-    "repeatable_read": "REPEATABLE READ",
-    "serializable": "SERIALIZABLE",
-}
-
-R = TypeVar("R", bound="BaseRepository[Any]")
-
-_active: ContextVar[UnitOfWork | None] = ContextVar("pgaccess_uow", default=None)
 
 # Read-only commits finishing in the background (strong references until they are done).
 _background: set[asyncio.Task[None]] = set()
 
-# Statements that can leave state on the session beyond the transaction. A unit of work
-# that runs one of these is released with a full reset (one extra round trip).
-_SESSION_STATE = re.compile(
-    r"""(?:^|;)\s*SET\s+(?!LOCAL\b)|\bRESET\b|\bLISTEN\b|\bpg_advisory_lock|"""
-    r"""\bpg_advisory_lock_shared\b|\bpg_try_advisory_lock\b|\bTEMP(ORARY)?\b|"""
-    r"""\bPREPARE\b|\bWITH\s+HOLD\b|\bset_config\s*\(|\bDISCARD\b|\bCOMMIT\b|\bBEGIN\b""",
-    re.IGNORECASE | re.MULTILINE,
-)
 
+class TransactionOptions(TypedDict, total=False):
+    """Options of a unit of work, shared by ``db.transaction(**options)``,
+    ``db.run_in_transaction(fn, options=...)`` and ``@transactional(**options)``.
 
-@lru_cache(maxsize=4096)
-def affects_session(sql: str) -> bool:
-    """True when ``sql`` may leave session-level state (cached per statement text)."""
-    return _SESSION_STATE.search(sql) is not None
-
-
-def begin_statement(
-    isolation: str,
-    readonly: bool,
-    deferrable: bool,
-    tenant: UUID | None,
-    tenant_setting: str,
-    timeout: float | None,
-    use_set_local: bool = False,
-    tenant_value: str | None = None,
-) -> str:
-    """The one simple-query string that opens a unit of work.
-
-    The tenant id is a validated ``uuid.UUID`` whose ``str()`` is 36 hex digits and dashes
-    (plus ``.`` and a hex signature when signing), so it is safe to inline; it is never
-    taken from unvalidated input.
+    tenant: the tenant (a UUID or its string); default ``TenantContext.current()``.
+    system: run on the admin pool without a tenant (say why in ``reason``; it is logged).
+    isolation: "read_committed" (default), "repeatable_read" or "serializable".
+    readonly: a read-only transaction; goes to a replica when replicas are configured,
+        unless ``primary`` is true. ``deferrable`` applies to serializable read-only ones.
+    timeout: this transaction's statement timeout in seconds (0 disables it).
+    acquire_timeout: how long to wait for a pooled connection.
     """
-    try:
-        level = _ISOLATION_SQL[isolation]
-    except KeyError:
-        raise TransactionError(
-            f"unknown isolation {isolation!r}; use one of {sorted(_ISOLATION_SQL)}"
-        ) from None
-    parts = [f"BEGIN ISOLATION LEVEL {level}"]
-    if readonly:
-        parts[0] += " READ ONLY"
-        if deferrable:
-            parts[0] += " DEFERRABLE"
-    if tenant is not None:
-        assert isinstance(tenant, UUID)
-        value = tenant_value or str(tenant)
-        assert all(c in "0123456789abcdef-." for c in value)
-        if use_set_local:
-            parts.append(f"SET LOCAL {tenant_setting} = '{value}'")
-        else:
-            parts.append(f"SELECT set_config('{tenant_setting}', '{value}', true)")
-    if timeout is not None:
-        parts.append(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
-    return "; ".join(parts)
+
+    tenant: Any
+    system: bool
+    reason: str | None
+    isolation: Isolation
+    readonly: bool
+    deferrable: bool
+    timeout: float | None
+    acquire_timeout: float | None
+    primary: bool
 
 
-class UnitOfWork:
+class UnitOfWork(Executor):
     """One transaction on one connection. Obtain it from ``db.transaction()``."""
 
-    __slots__ = (
-        "_broken", "_con", "_log_all", "_on_commit", "_raw", "_savepoints", "_slow_ms",
-        "_state", "_task", "db", "isolation", "pool", "readonly", "system", "tenant",
-    )
+    __slots__ = ("_con", "_on_commit", "_raw", "_savepoints", "_state", "_task",
+                 "isolation", "pool", "readonly")
 
-    def __init__(
-        self,
-        db: Database,
-        pool: Pool,
-        *,
-        tenant: UUID | None,
-        system: bool,
-        isolation: str,
-        readonly: bool,
-    ) -> None:
-        self.db = db
+    def __init__(self, runtime: Runtime, pool: Pool, *, tenant: UUID | None, system: bool,
+                 isolation: str, readonly: bool) -> None:
+        super().__init__(runtime, tenant=tenant, system=system)
         self.pool = pool
-        self.tenant = tenant
-        self.system = system
         self.isolation = isolation
         self.readonly = readonly
         self._con: PooledConnection | None = None
@@ -141,9 +83,6 @@ class UnitOfWork:
         self._state: Literal["new", "active", "done"] = "new"
         self._on_commit: list[Callable[[], Awaitable[Any] | Any]] = []
         self._savepoints = 0
-        self._broken = False  # the connection failed mid-operation: never reuse it
-        self._slow_ms = db.settings.slow_query_ms
-        self._log_all = db.log_queries
 
     # -- guards --------------------------------------------------------------------------
 
@@ -162,75 +101,35 @@ class UnitOfWork:
 
     @property
     def connection(self) -> PooledConnection:
-        """The raw asyncpg connection. Anything goes, so its release runs a full reset."""
-        con = self._check()
-        self.pool.mark_dirty(con)
-        return con
+        """The raw asyncpg connection (whatever it leaves behind, the next user resets)."""
+        return self._check()
 
     @property
     def active(self) -> bool:
         return self._state == "active"
 
+    @property
+    def in_transaction(self) -> bool:
+        return True
+
     # -- running statements ----------------------------------------------------------------
 
-    async def _run(self, method: str, sql: str, args: Sequence[Any], name: str | None) -> Any:
+    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None) -> Any:
         raw = self._raw
         if self._state != "active" or raw is None or asyncio.current_task() is not self._task:
             self._check()  # raises the right error
-        start = time.perf_counter()
+        return await self._timed(raw, method, sql, args, name)
+
+    async def copy_records_to_table(self, table: str, *, records: Any, columns: Sequence[str],
+                                    schema_name: str | None = None, name: str | None = None) -> str:
+        """``COPY ... FROM STDIN`` of ``records`` (asyncpg's binary copy), typed errors."""
+        con = self._check()
         try:
-            result = await getattr(raw, method)(sql, *args)
-        except _DRIVER_ERRORS as exc:
-            err = from_asyncpg(exc, name or sql.strip().splitlines()[0][:80])
-            if isinstance(err, ConnectionLost):
-                self._broken = True
-            log_query(name or _first_line(sql), _ms(start), self._slow_ms, error=err)
-            raise err from exc
-        duration = _ms(start)
-        if self._log_all or duration >= self._slow_ms:
-            rows = len(result) if isinstance(result, list) else None
-            log_query(name or _first_line(sql), duration, self._slow_ms, rows=rows)
-        if self.db.metrics is not None:
-            self.db.metrics.observe_query(name or "sql", duration / 1000)
+            result: str = await con.copy_records_to_table(
+                table, records=records, columns=list(columns), schema_name=schema_name)
+        except DRIVER_ERRORS as exc:
+            raise from_asyncpg(exc, name or f"COPY {table}") from exc
         return result
-
-    def _note_sql(self, sql: str) -> None:
-        if affects_session(sql) and self._con is not None:
-            self.pool.mark_dirty(self._con)
-
-    async def fetch(self, sql: str, *args: Any, name: str | None = None) -> list[asyncpg.Record]:
-        self._note_sql(sql)
-        return cast(list[asyncpg.Record], await self._run("fetch", sql, args, name))
-
-    async def fetchrow(self, sql: str, *args: Any, name: str | None = None) -> asyncpg.Record | None:
-        self._note_sql(sql)
-        return cast("asyncpg.Record | None", await self._run("fetchrow", sql, args, name))
-
-    async def fetchval(self, sql: str, *args: Any, name: str | None = None) -> Any:
-        self._note_sql(sql)
-        return await self._run("fetchval", sql, args, name)
-
-    async def execute(self, sql: str, *args: Any, name: str | None = None) -> str:
-        self._note_sql(sql)
-        result: str = await self._run("execute", sql, args, name)
-        return result
-
-    async def executemany(
-        self, sql: str, args: Iterable[Sequence[Any]], name: str | None = None
-    ) -> None:
-        self._note_sql(sql)
-        await self._run("executemany", sql, (args,), name)
-
-    # -- named queries and repositories ---------------------------------------------------
-
-    @property
-    def q(self) -> Any:
-        """The loaded named queries, bound to this unit of work: ``await uow.q.name(p=1)``."""
-        return self.db.queries.bind(self)
-
-    def repo(self, repository: type[R]) -> R:
-        """A repository of type ``repository`` bound to this unit of work."""
-        return repository(self)
 
     # -- savepoints and hooks ---------------------------------------------------------------
 
@@ -256,20 +155,31 @@ class UnitOfWork:
         self._check()
         self._on_commit.append(callback)
 
+    async def _set_tenant(self, tenant: UUID | None) -> None:
+        con = self._check()
+        value = self.runtime.tenant_value(tenant, con)
+        setting = self.runtime.settings.tenant_setting
+        await con.execute(f"SELECT pg_catalog.set_config('{setting}', '{value}', true)")
+
     # -- lifecycle (driven by TransactionContext) -----------------------------------------
 
-    async def _begin(self, statement: Callable[[], str], acquire_timeout: float | None) -> None:
-        self._con = await self.pool.acquire(acquire_timeout, clean=True)
+    async def _begin(self, begin: str, timeout: float | None, acquire_timeout: float | None) -> None:
+        runtime, pool = self.runtime, self.pool
+
+        def opening(con: PooledConnection) -> str:
+            # Built after acquiring: connecting may just have found a transaction pooler.
+            local = pool.pinned_local
+            if timeout is not None:
+                limit = f"SET LOCAL statement_timeout = {int(timeout * 1000)}"
+                local = f"{local}; {limit}" if local else limit
+            return opening_sql(begin=begin, tenant_setting=runtime.settings.tenant_setting,
+                               tenant=runtime.tenant_value(self.tenant, con),
+                               local_settings=local,
+                               set_local=runtime.tenant_set_local or pool.distributed)
+
+        self._con = await open_session(runtime, pool, acquire_timeout, opening)
         self._raw = raw_connection(self._con)
         self._task = asyncio.current_task()
-        try:
-            # Built after acquiring: connecting may have found a pooler (see _statement).
-            await self._raw.execute(statement())
-        except BaseException as exc:
-            await self._discard()
-            if isinstance(exc, _DRIVER_ERRORS):
-                raise from_asyncpg(exc, "BEGIN") from exc
-            raise
         self._state = "active"
 
     async def _commit(self) -> None:
@@ -291,7 +201,7 @@ class UnitOfWork:
             return
         try:
             await con.execute("COMMIT")
-        except _DRIVER_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             await self._discard()
             raise from_asyncpg(exc, "COMMIT") from exc
         await self._release()
@@ -311,7 +221,7 @@ class UnitOfWork:
             return
         await self._release()
 
-    async def _rollback(self) -> None:
+    async def _rollback(self, broken: bool) -> None:
         con = self._con
         self._state = "done"
         if con is None:
@@ -320,7 +230,7 @@ class UnitOfWork:
         if raw is None:  # asyncpg already took it back when the connection closed
             self._con = None
             return
-        if self._broken:
+        if broken:
             await self._discard()
             return
         try:
@@ -337,13 +247,10 @@ class UnitOfWork:
             await self.pool.release(con)
 
     async def _discard(self) -> None:
-        """Terminate the connection (it may be mid-operation) and give its slot back."""
         con, self._con, self._raw = self._con, None, None
         self._state = "done"
-        raw = raw_connection(con) if con is not None else None
-        if raw is not None:
-            raw.terminate()
-            await self.pool.release(con)
+        if con is not None:
+            await self.pool.discard(con)
 
 
 async def background_commits_done() -> None:
@@ -360,20 +267,15 @@ class TenantScope:
         self.tenant = tenant
 
     async def __aenter__(self) -> UnitOfWork:
-        con = self.uow._check()
-        settings = self.uow.db.settings
-        value = settings.tenant_value(self.tenant)
-        await con.execute(f"SELECT set_config('{settings.tenant_setting}', '{value}', true)")
+        await self.uow._set_tenant(self.tenant)
         self.uow.tenant = self.tenant
         return self.uow
 
     async def __aexit__(self, *exc: object) -> None:
         self.uow.tenant = None
-        con = self.uow._con
-        if con is not None and not con.is_closed() and self.uow.active:
-            setting = self.uow.db.settings.tenant_setting
-            with contextlib.suppress(asyncpg.PostgresError):  # aborted: rolls back anyway
-                await con.execute(f"SELECT set_config('{setting}', '', true)")
+        if self.uow.active:
+            with contextlib.suppress(PgAccessError, asyncpg.PostgresError):  # aborted: rolls back anyway
+                await self.uow._set_tenant(None)
 
 
 class Savepoint:
@@ -387,7 +289,10 @@ class Savepoint:
         con = self.uow._check()
         self.uow._savepoints += 1
         self.name = f"pgaccess_sp_{self.uow._savepoints}"
-        await con.execute(f"SAVEPOINT {self.name}")
+        try:
+            await con.execute(f"SAVEPOINT {self.name}")
+        except DRIVER_ERRORS as err:
+            raise from_asyncpg(err, "SAVEPOINT") from err
         return self.uow
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -397,101 +302,94 @@ class Savepoint:
                 await con.execute(f"RELEASE SAVEPOINT {self.name}")
             else:
                 await con.execute(f"ROLLBACK TO SAVEPOINT {self.name}")
-        except _DRIVER_ERRORS as err:
+        except DRIVER_ERRORS as err:
             raise from_asyncpg(err, "SAVEPOINT") from err
 
 
+def check_options(options: TransactionOptions) -> None:
+    """Refuse unknown or contradictory options before anything is acquired."""
+    unknown = set(options) - set(TransactionOptions.__annotations__)
+    if unknown:
+        raise TransactionError(
+            f"unknown transaction option(s) {sorted(unknown)}; "
+            f"known: {sorted(TransactionOptions.__annotations__)}"
+        )
+    isolation = options.get("isolation", "read_committed")
+    if isolation not in ISOLATION_SQL:
+        raise TransactionError(
+            f"unknown isolation {isolation!r}; use one of {sorted(ISOLATION_SQL)}"
+        )
+    if options.get("system") and options.get("tenant") is not None:
+        raise TransactionError("a system transaction has no tenant; pass one or the other")
+
+
 class TransactionContext:
-    """What ``db.transaction(...)`` returns; enter it with ``async with``."""
+    """What ``db.transaction(...)`` returns; enter it with ``async with``.
 
-    __slots__ = (
-        "_savepoint", "_token", "_uow", "acquire_timeout", "db", "deferrable", "isolation",
-        "primary", "readonly", "reason", "system", "tenant", "timeout",
-    )
+    ``independent=True`` never nests into an open unit of work (its own connection).
+    """
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        tenant: Any = None,
-        system: bool = False,
-        reason: str | None = None,
-        isolation: Isolation = "read_committed",
-        readonly: bool = False,
-        deferrable: bool = False,
-        timeout: float | None = None,
-        acquire_timeout: float | None = None,
-        primary: bool = False,
-    ) -> None:
-        if isolation not in _ISOLATION_SQL:
-            raise TransactionError(
-                f"unknown isolation {isolation!r}; use one of {sorted(_ISOLATION_SQL)}"
-            )
-        if system and tenant is not None:
-            raise TransactionError("a system transaction has no tenant; pass one or the other")
-        self.db = db
+    __slots__ = ("_savepoint", "_token", "_uow", "independent", "options", "runtime", "tenant")
+
+    def __init__(self, runtime: Runtime, options: TransactionOptions, *,
+                 independent: bool = False) -> None:
+        check_options(options)
+        self.runtime = runtime
+        self.options = options
+        self.independent = independent
+        tenant = options.get("tenant")
         self.tenant = None if tenant is None else parse_tenant_id(tenant)
-        self.system = system
-        self.reason = reason
-        self.isolation = isolation
-        self.readonly = readonly
-        self.deferrable = deferrable
-        self.timeout = timeout
-        self.acquire_timeout = acquire_timeout
-        self.primary = primary
         self._uow: UnitOfWork | None = None
         self._savepoint: Savepoint | None = None
         self._token: Any = None
 
+    def _resolved_tenant(self) -> UUID | None:
+        if self.options.get("system"):
+            return None
+        return self.tenant if self.tenant is not None else TenantContext.current()
+
+    def _nesting_conflict(self, outer: UnitOfWork) -> str | None:
+        opts = self.options
+        system = bool(opts.get("system", False))
+        if system != outer.system:
+            return (f"system={system} inside a unit of work with system={outer.system}")
+        tenant = self._resolved_tenant()
+        if not system and tenant is not None and tenant != outer.tenant:
+            return f"tenant {tenant} inside a unit of work of tenant {outer.tenant}"
+        if "isolation" in opts and opts["isolation"] != outer.isolation:
+            return f"isolation {opts['isolation']!r} inside a {outer.isolation!r} unit of work"
+        if "readonly" in opts and bool(opts["readonly"]) != outer.readonly:
+            return f"readonly={opts['readonly']} inside a unit of work with readonly={outer.readonly}"
+        return None
+
     async def __aenter__(self) -> UnitOfWork:
-        outer = _active.get()
-        if outer is not None and outer.active and outer._task is asyncio.current_task():
-            if self.tenant is not None and self.tenant != outer.tenant:
+        runtime, opts = self.runtime, self.options
+        outer: UnitOfWork | None = runtime.active.get()
+        if (not self.independent and outer is not None and outer.active
+                and outer._task is asyncio.current_task()):
+            conflict = self._nesting_conflict(outer)
+            if conflict:
                 raise TransactionError(
-                    "a nested transaction cannot switch tenant; open it in a separate task"
+                    f"a nested transaction cannot change what its unit of work is: {conflict}. "
+                    "A savepoint shares the outer transaction; open the other one in a "
+                    "separate task (asyncio.create_task) or after the outer one ends"
                 )
             self._savepoint = outer.savepoint()
             return await self._savepoint.__aenter__()
-        tenant = self.tenant
-        if tenant is None and not self.system:
-            tenant = TenantContext.current()
-        if self.system:
-            pool = self.db.admin_pool
-            log.info("system_transaction", reason=self.reason or "(no reason given)")
-        else:
-            pool = self.db.pool_for(readonly=self.readonly, primary=self.primary)
-        uow = UnitOfWork(
-            self.db, pool, tenant=tenant, system=self.system,
-            isolation=self.isolation, readonly=self.readonly,
-        )
-        statement = self._statement(pool, tenant)
-        await uow._begin(
-            # Rebuilt only if connecting just found a pooler that refuses startup settings.
-            lambda: statement if pool.session_settings else self._statement(pool, tenant),
-            self.acquire_timeout,
-        )
+        system = bool(opts.get("system", False))
+        readonly = bool(opts.get("readonly", False))
+        isolation = opts.get("isolation", "read_committed")
+        if system:
+            log.info("system_transaction", reason=opts.get("reason") or "(no reason given)")
+        pool = runtime.pool_for(system=system, readonly=readonly,
+                                primary=bool(opts.get("primary", False)))
+        uow = UnitOfWork(runtime, pool, tenant=self._resolved_tenant(), system=system,
+                         isolation=isolation, readonly=readonly)
+        await uow._begin(begin_sql(isolation, readonly, bool(opts.get("deferrable", False))),
+                         opts.get("timeout"), opts.get("acquire_timeout"))
         self._uow = uow
-        self._token = _active.set(uow)
+        self._token = runtime.active.set(uow)
         return uow
-
-    def _statement(self, pool: Pool, tenant: UUID | None) -> str:
-        # Behind a transaction pooler the timeouts cannot be startup parameters: send them
-        # with BEGIN instead (same round trip).
-        timeout = self.timeout
-        if timeout is None and not pool.session_settings:
-            timeout = self.db.settings.statement_timeout
-        key = (tenant, self.isolation, self.readonly, self.deferrable, timeout)
-        statement = self.db.begin_statements.get(key)
-        if statement is None:
-            settings = self.db.settings
-            statement = begin_statement(
-                self.isolation, self.readonly, self.deferrable, tenant,
-                settings.tenant_setting, timeout, self.db.tenant_set_local,
-                None if tenant is None else settings.tenant_value(tenant),
-            )
-            if len(self.db.begin_statements) < 10_000:
-                self.db.begin_statements[key] = statement
-        return statement
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._savepoint is not None:
@@ -499,21 +397,26 @@ class TransactionContext:
             return
         uow = self._uow
         assert uow is not None
-        _active.reset(self._token)
+        self.runtime.active.reset(self._token)
         if exc_type is None:
             await uow._commit()
-            if not self.readonly and self.db.read_your_writes:  # only replicas need it
-                last_write_at.set(time.monotonic())
+            if not uow.readonly:
+                self.runtime.note_write()
         else:
-            await uow._rollback()
-            if isinstance(exc, _DRIVER_ERRORS) and not isinstance(exc, PgAccessError):
+            # Cancelled or lost mid-statement: the connection's state is unknown.
+            broken = isinstance(exc, (ConnectionLost, asyncio.CancelledError))
+            await uow._rollback(broken)
+            if isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, PgAccessError):
                 raise from_asyncpg(exc) from exc
 
 
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
-
-
-def _first_line(sql: str) -> str:
-    stripped = sql.strip()
-    return stripped.splitlines()[0][:80] if stripped else "<empty>"
+__all__ = [
+    "Isolation",
+    "Savepoint",
+    "TenantScope",
+    "TransactionContext",
+    "TransactionOptions",
+    "UnitOfWork",
+    "background_commits_done",
+    "check_options",
+]

@@ -7,7 +7,13 @@ from pgaccess.config import redact, with_user
 def test_defaults_are_valid() -> None:
     s = Settings()
     assert s.min_size <= s.max_size
-    assert s.connection_settings()["TimeZone"] == "UTC"
+    from pgaccess.session import pinned_settings
+
+    pinned = pinned_settings(s)
+    assert pinned["TimeZone"] == "UTC" and pinned["search_path"] == "public, pg_temp"
+    assert pinned["app.tenant_id"] == "" and pinned["row_security"] == "on"
+    with pytest.raises(ConfigError, match="pg_temp"):
+        Settings(search_path="public, pg_temp")
 
 
 def test_from_env_reads_and_overrides() -> None:

@@ -38,7 +38,7 @@ async def test_full_report_against_a_migrated_database(db: Database) -> None:
                 "conflicts", "size_bytes", "longest_transaction_s", "idle_in_transaction"):
         assert key in stats
     assert stats["size_bytes"] > 1_000_000
-    assert c["migrations"].data["latest_applied"] == c["migrations"].data["latest_on_disk"] == "0004"
+    assert c["migrations"].data["latest_applied"] == c["migrations"].data["latest_on_disk"] == "0006"
     assert c["pool"].data["max_size"] == 10
     assert report.exit_code == 0
 

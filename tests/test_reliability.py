@@ -80,7 +80,7 @@ async def test_server_restart_under_load(breakable: tuple[LocalCluster, str], mo
                 try:
                     if n % 2:
                         key = uuid.uuid4()
-                        await db.run_in_transaction(insert_once, key, tenant=t, idempotent=True, retries=20)
+                        await db.run_in_transaction(insert_once, key, idempotent=True, retries=20, options={"tenant": t})
                         acked.append(key)
                     else:
                         async with db.transaction(tenant=t, readonly=True) as uow:
@@ -150,7 +150,7 @@ async def test_killed_backends(breakable: tuple[LocalCluster, str]) -> None:
                     await killer.execute("SELECT pg_terminate_backend($1)", pid)
                 return int(await uow.fetchval("SELECT 42"))
 
-            assert await db.run_in_transaction(body, tenant=ACME_ID, idempotent=True) == 42
+            assert await db.run_in_transaction(body, idempotent=True, options={"tenant": ACME_ID}) == 42
             assert attempts == 2
             assert db.pool.stats().in_use == 0
     finally:

@@ -20,8 +20,8 @@ from pgaccess import (
     tenant_scope,
 )
 from pgaccess.reference import ProjectRepository
+from pgaccess.session import RESET_SESSION, begin_sql, opening_sql
 from pgaccess.tenancy import TenantContext
-from pgaccess.uow import affects_session, begin_statement
 
 
 async def project_names(db: Database, tenant: uuid.UUID) -> set[str]:
@@ -79,7 +79,7 @@ async def test_tenant_is_transaction_local_on_a_reused_connection(db_dsn: str, t
             assert await uow.fetchval("SELECT pg_backend_pid()") == pid1  # same connection
             assert await uow.fetchval("SELECT current_setting('app.tenant_id', true)") in ("", None)
             assert await uow.fetchval("SELECT count(*) FROM projects") == 0
-        assert database.pool.stats().full_resets == 0  # the cheap release was used
+        assert database.pool.stats().connections_discarded == 0
 
 
 async def test_no_tenant_means_no_rows_and_no_writes(db: Database) -> None:
@@ -217,8 +217,8 @@ async def test_serialization_failure_is_retried_and_on_commit_runs_once(db: Data
         uow.on_commit(lambda: committed.append(1))
 
     await asyncio.gather(
-        db.run_in_transaction(body, "a", tenant=tenant, isolation="serializable", retries=5),
-        db.run_in_transaction(body, "b", tenant=tenant, isolation="serializable", retries=5),
+        db.run_in_transaction(body, "a", retries=5, options={"tenant": tenant, "isolation": "serializable"}),
+        db.run_in_transaction(body, "b", retries=5, options={"tenant": tenant, "isolation": "serializable"}),
     )
     assert attempts >= 3  # at least one retry happened
     assert committed == [1, 1]  # each unit of work's callback ran once
@@ -233,7 +233,7 @@ async def test_other_errors_are_not_retried(db: Database, tenant: uuid.UUID) -> 
         await uow.execute("SELECT 1/0")
 
     with pytest.raises(QueryError) as info:
-        await db.run_in_transaction(body, tenant=tenant, retries=3)
+        await db.run_in_transaction(body, retries=3, options={"tenant": tenant})
     assert calls == 1 and info.value.sqlstate == "22012"
 
 
@@ -252,8 +252,8 @@ async def test_deadlock_is_retried(db: Database, tenant: uuid.UUID) -> None:
         await uow.execute("UPDATE projects SET name = name WHERE id = $1", second)
 
     await asyncio.gather(
-        db.run_in_transaction(body, a, b, "x", tenant=tenant, retries=3),
-        db.run_in_transaction(body, b, a, "y", tenant=tenant, retries=3),
+        db.run_in_transaction(body, a, b, "x", retries=3, options={"tenant": tenant}),
+        db.run_in_transaction(body, b, a, "y", retries=3, options={"tenant": tenant}),
     )
     assert attempts["x"] + attempts["y"] == 3  # exactly one side was retried
 
@@ -267,8 +267,8 @@ async def test_serialization_failure_type_without_retries(db: Database, tenant: 
         await uow.repo(ProjectRepository).insert(name=f"s-{uuid.uuid4()}")
 
     results = await asyncio.gather(
-        db.run_in_transaction(body, tenant=tenant, isolation="serializable", retries=0),
-        db.run_in_transaction(body, tenant=tenant, isolation="serializable", retries=0),
+        db.run_in_transaction(body, retries=0, options={"tenant": tenant, "isolation": "serializable"}),
+        db.run_in_transaction(body, retries=0, options={"tenant": tenant, "isolation": "serializable"}),
         return_exceptions=True,
     )
     failures = [r for r in results if isinstance(r, Exception)]
@@ -293,32 +293,20 @@ async def test_timeout_applies_to_the_transaction_only(db: Database, tenant: uui
         assert await uow.fetchval("SHOW statement_timeout") == "30s"
 
 
-def test_begin_statement_is_one_round_trip() -> None:
-    t = uuid.UUID("00000000-0000-4000-8000-000000000001")
-    sql = begin_statement("serializable", True, True, t, "app.tenant_id", 2.0)
-    assert sql == ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; "
-                   "SELECT set_config('app.tenant_id', '00000000-0000-4000-8000-000000000001', true); "
-                   "SET LOCAL statement_timeout = 2000")
-    assert begin_statement("read_committed", False, False, t, "app.tenant_id", None, True).endswith(
-        "SET LOCAL app.tenant_id = '00000000-0000-4000-8000-000000000001'")
-
-
-@pytest.mark.parametrize(("sql", "dirty"), [
-    ("SELECT * FROM projects", False),
-    ("UPDATE projects SET name = $1 WHERE id = $2", False),
-    ("SET LOCAL work_mem = '64MB'", False),
-    ("SET work_mem = '64MB'", True),
-    ("select 1; set search_path = x", True),
-    ("LISTEN chan", True),
-    ("SELECT pg_advisory_lock(1)", True),
-    ("SELECT pg_advisory_xact_lock(1)", False),
-    ("CREATE TEMP TABLE t (x int)", True),
-    ("PREPARE p AS SELECT 1", True),
-    ("SELECT set_config('a.b', 'c', false)", True),
-    ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", True),
-])
-def test_session_state_classifier(sql: str, dirty: bool) -> None:
-    assert affects_session(sql) is dirty
+def test_opening_is_one_round_trip() -> None:
+    t = "00000000-0000-4000-8000-000000000001"
+    sql = opening_sql(begin=begin_sql("serializable", True, True), tenant_setting="app.tenant_id",
+                      tenant=t, local_settings="SET LOCAL statement_timeout = '2000'")
+    assert sql.startswith("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; " + RESET_SESSION)
+    assert sql.endswith("SET LOCAL statement_timeout = '2000'; "
+                        f"SELECT pg_catalog.set_config('app.tenant_id', '{t}', true)")
+    assert opening_sql(begin=begin_sql("read_committed", False, False), tenant_setting="app.tenant_id",
+                       tenant=t, set_local=True).endswith(f"SET LOCAL app.tenant_id = '{t}'")
+    # autocommit: the tenant is set for the session (the next user's opening resets it)
+    assert opening_sql(begin=None, tenant_setting="app.tenant_id", tenant=t).endswith(
+        f"SELECT pg_catalog.set_config('app.tenant_id', '{t}', false)")
+    with pytest.raises(AssertionError):
+        opening_sql(begin=None, tenant_setting="app.tenant_id", tenant="x'; DROP TABLE t; --")
 
 
 async def test_readonly_commit_finishes_in_the_background(db: Database, tenant: uuid.UUID) -> None:

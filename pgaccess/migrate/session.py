@@ -13,8 +13,8 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from ..config import redact
 from ..errors import MigrationError
+from ..pool import connect_error_message
 from .state import ensure_bookkeeping
 
 LOCK_KEY = 0x7067616363657373  # "pgaccess"
@@ -24,10 +24,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(dsn, timeout=10)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise MigrationError(
-            f"could not connect to {redact(dsn)}: {type(exc).__name__}: {exc}; check that the "
-            "server is up and that the DSN's host, port, user, password and database are right"
-        ) from exc
+        raise MigrationError(connect_error_message(exc, dsn)) from exc
 
 
 @asynccontextmanager

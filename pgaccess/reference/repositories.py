@@ -66,5 +66,5 @@ class ProjectRepository(TenantAwareRepository[Project]):
         return await self.query("search_projects_by_name", prefix=prefix, lim=limit)
 
     async def counts_by_status(self) -> list[ProjectCount]:
-        records = await self.uow.db.queries.call(self.uow, "project_counts_by_status", {})
+        records = await self.executor.q.project_counts_by_status()
         return [ProjectCount(*r) for r in records]

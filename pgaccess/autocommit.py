@@ -1,0 +1,89 @@
+"""Autocommit: a tenant's single statements in two round trips, with no explicit transaction.
+
+    project = await db.autocommit(tenant=t).repo(ProjectRepository).find_by_id(pid)
+    rows = await db.autocommit(tenant=t).q.projects_by_status(status="active", lim=10)
+
+Each statement checks out a connection and sends, in round trip 1, the session reset and
+the tenant (:mod:`pgaccess.session`), and in round trip 2 the statement itself, whose
+implicit transaction commits with it. A transaction costs one more round trip (``COMMIT``).
+The guarantees are the unit of work's: no tenant means no rows and no writes, errors are
+typed, statements are logged and measured, read-only work may go to a replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from .errors import ConnectionLost, PgAccessError
+from .executor import Executor, Method, Runtime, open_session
+from .pool import PooledConnection, raw_connection
+from .session import opening_sql
+from .uow import TransactionContext, TransactionOptions
+
+
+class Autocommit(Executor):
+    """Each statement on its own connection checkout and in its own implicit transaction.
+
+    Round trip 1 resets the session and sets the tenant for the session; round trip 2 is
+    the statement. The session-level tenant is safe because every later use of the
+    connection starts with the same reset. Where a session-level setting cannot be relied
+    on between two round trips - behind a transaction pooler (PgBouncer), or on Citus
+    (which passes only ``SET LOCAL`` on to its workers) - each statement takes the
+    transaction form instead: ``BEGIN`` + reset + tenant, the statement, ``COMMIT``.
+    """
+
+    __slots__ = ("acquire_timeout", "primary", "readonly", "timeout")
+
+    def __init__(self, runtime: Runtime, *, tenant: UUID | None, system: bool,
+                 readonly: bool = False, primary: bool = False, timeout: float | None = None,
+                 acquire_timeout: float | None = None) -> None:
+        super().__init__(runtime, tenant=tenant, system=system)
+        self.readonly = readonly
+        self.primary = primary
+        self.timeout = timeout
+        self.acquire_timeout = acquire_timeout
+
+    @property
+    def in_transaction(self) -> bool:
+        return False
+
+    def _opening(self, con: PooledConnection) -> str:
+        runtime = self.runtime
+        value = runtime.tenant_value(self.tenant, con)
+        timeout = "" if self.timeout is None else f"SET statement_timeout = {int(self.timeout * 1000)}"
+        return opening_sql(begin=None, tenant_setting=runtime.settings.tenant_setting,
+                           tenant=value, local_settings=timeout)
+
+    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None) -> Any:
+        runtime = self.runtime
+        pool = runtime.pool_for(system=self.system, readonly=self.readonly, primary=self.primary)
+        if not pool.session_settings or runtime.tenant_set_local or pool.distributed:
+            options: TransactionOptions = {"readonly": self.readonly, "primary": self.primary,
+                                           "timeout": self.timeout,
+                                           "acquire_timeout": self.acquire_timeout}
+            if self.system:
+                options["system"] = True
+            else:
+                options["tenant"] = self.tenant
+            async with TransactionContext(runtime, options, independent=True) as uow:
+                return await uow.run(method, sql, args, name)
+        con = await open_session(runtime, pool, self.acquire_timeout,
+                                 self._opening)
+        raw = raw_connection(con)
+        try:
+            result = await self._timed(raw, method, sql, args, name)
+        except BaseException as exc:
+            if isinstance(exc, ConnectionLost) or not isinstance(exc, PgAccessError):
+                await pool.discard(con)  # cancelled or lost mid-statement
+            else:
+                await pool.release(con)
+            raise
+        await pool.release(con)
+        if not self.readonly:
+            runtime.note_write()
+        return result
+
+
+__all__ = ["Autocommit"]

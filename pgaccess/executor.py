@@ -1,0 +1,225 @@
+"""The execution boundary: what repositories and named queries run their statements on.
+
+Two executors exist (this module holds what they share), and both start every use of a
+connection from a clean session that carries their tenant (see :mod:`pgaccess.session`):
+
+* :class:`~pgaccess.uow.UnitOfWork` - ``async with db.transaction(tenant=t) as uow:``,
+  many statements in one transaction;
+* :class:`~pgaccess.autocommit.Autocommit` - ``db.autocommit(tenant=t)``, each statement on its own: two round
+  trips (the reset with the tenant, then the statement, whose implicit transaction commits
+  with it) instead of a transaction's three.
+
+Both get a :class:`Runtime` - the settings, pools and hooks they need - never the whole
+``Database``, so data flows one way: service -> repository / named query -> executor ->
+pool -> PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from uuid import UUID
+
+import asyncpg
+
+from .config import Settings
+from .errors import ConfigError, TransactionError, from_asyncpg
+from .log import get_logger, log_query
+from .pool import Pool, PooledConnection, raw_connection
+from .replicas import ReplicaSet, last_write_at
+from .session import TAMPERED_MARKER, tenant_value
+
+if TYPE_CHECKING:
+    from .queries import BoundQueries, QuerySet
+    from .repository import BaseRepository
+
+log = get_logger("executor")
+
+# What the driver raises: server errors, client/protocol errors, and socket errors.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+Method = Literal["fetch", "fetchrow", "fetchval", "execute", "executemany"]
+
+R = TypeVar("R", bound="BaseRepository[Any]")
+
+
+class Runtime:
+    """What executors need from a ``Database``: settings, pools, named queries, hooks."""
+
+    __slots__ = ("__weakref__", "active", "admin_pool", "log_all", "metrics", "pool", "queries",
+                 "read_your_writes", "replicas", "settings", "slow_ms", "tenant_set_local")
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        *,
+        admin_pool: Pool | None = None,
+        replicas: ReplicaSet | None = None,
+        queries: QuerySet | None = None,
+        metrics: Any = None,
+        log_queries: bool = False,
+        tenant_set_local: bool = False,
+        read_your_writes: float = 0.0,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.admin_pool = admin_pool
+        self.replicas = replicas
+        self.queries = queries
+        self.metrics = metrics
+        self.log_all = log_queries
+        self.slow_ms = settings.slow_query_ms
+        # SET LOCAL instead of set_config() for the tenant (Citus propagates SET LOCAL).
+        self.tenant_set_local = tenant_set_local
+        self.read_your_writes = read_your_writes
+        # The open unit of work of the current task on *this* database (nesting).
+        self.active: ContextVar[Any] = ContextVar(f"pgaccess_uow_{id(self)}", default=None)
+
+    def pool_for(self, *, system: bool, readonly: bool, primary: bool = False) -> Pool:
+        """The admin pool for system work; for read-only work a healthy replica (unless
+        ``primary`` or this task wrote within ``read_your_writes`` seconds); else the
+        primary."""
+        if system:
+            if self.admin_pool is None:
+                raise ConfigError(
+                    "system transactions need an admin connection: set PGACCESS_ADMIN_URL "
+                    "(a role with role-scoped policies, e.g. pgaccess_admin) or pass admin_dsn="
+                )
+            return self.admin_pool
+        if not readonly or primary or self.replicas is None:
+            return self.pool
+        if self.read_your_writes and time.monotonic() - last_write_at.get() < self.read_your_writes:
+            return self.pool
+        return self.replicas.pick() or self.pool
+
+    def named_queries(self) -> QuerySet:
+        if self.queries is None:
+            raise ConfigError("no named queries loaded: pass sql_dir= or queries= to Database()")
+        return self.queries
+
+    def tenant_value(self, tenant: UUID | None, con: PooledConnection) -> str:
+        if tenant is not None and self.settings.tenant_signing_key is not None:
+            return tenant_value(self.settings, tenant, raw_connection(con).get_server_pid())
+        return "" if tenant is None else str(tenant)
+
+    def note_write(self) -> None:
+        if self.read_your_writes:  # only replicas need it
+            last_write_at.set(time.monotonic())
+
+
+def is_tampered(exc: BaseException) -> bool:
+    """The opening round trip found a prepared statement made by SQL (see pgaccess.session)."""
+    return isinstance(exc, asyncpg.UndefinedObjectError) and TAMPERED_MARKER in str(exc)
+
+
+async def open_session(runtime: Runtime, pool: Pool, acquire_timeout: float | None,
+                       build: Any) -> PooledConnection:
+    """Acquire a connection and run its opening round trip ``build(con)``.
+
+    A connection whose session was tampered with (a hijacked prepared statement) is
+    terminated and another one tried - the tampering is caught before any statement of
+    this caller runs. Any other failure of the opening discards the connection and raises.
+    """
+    for _ in range(pool.settings.max_size + 1):
+        con = await pool.acquire(acquire_timeout, reset=False)
+        try:
+            await raw_connection(con).execute(build(con))
+            return con
+        except BaseException as exc:
+            await pool.discard(con)
+            if is_tampered(exc):
+                log.warning("session_tampered", pool=pool.name,
+                            action="connection terminated; the next one is tried")
+                continue
+            if isinstance(exc, DRIVER_ERRORS):
+                raise from_asyncpg(exc, "opening round trip") from exc
+            raise
+    raise TransactionError(
+        f"every connection of pool {pool.name!r} had a tampered session; they were terminated, "
+        "retry the operation"
+    )
+
+
+class Executor:
+    """Statements for one tenant (or no tenant, or the system context).
+
+    ``fetch``, ``fetchrow``, ``fetchval``, ``execute`` and ``executemany`` take the SQL, its
+    bound parameters and an optional ``name`` that logs, metrics and errors use.
+    """
+
+    __slots__ = ("runtime", "system", "tenant")
+
+    def __init__(self, runtime: Runtime, *, tenant: UUID | None, system: bool) -> None:
+        self.runtime = runtime
+        self.tenant = tenant
+        self.system = system
+
+    @property
+    def in_transaction(self) -> bool:
+        """True for a unit of work: its statements share one transaction."""
+        raise NotImplementedError
+
+    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None) -> Any:
+        """Run one statement with asyncpg's ``method``; errors come back typed."""
+        raise NotImplementedError
+
+    async def _timed(self, con: Any, method: Method, sql: str, args: Sequence[Any],
+                     name: str | None) -> Any:
+        """The statement itself, logged and measured (shared by both executors)."""
+        runtime = self.runtime
+        start = time.perf_counter()
+        try:
+            result = await getattr(con, method)(sql, *args)
+        except DRIVER_ERRORS as exc:
+            err = from_asyncpg(exc, name or _first_line(sql))
+            log_query(name or _first_line(sql), _ms(start), runtime.slow_ms, error=err)
+            raise err from exc
+        duration = _ms(start)
+        if runtime.log_all or duration >= runtime.slow_ms:
+            rows = len(result) if isinstance(result, list) else None
+            log_query(name or _first_line(sql), duration, runtime.slow_ms, rows=rows)
+        if runtime.metrics is not None:
+            runtime.metrics.observe_query(name or "sql", duration / 1000)
+        return result
+
+    async def fetch(self, sql: str, *args: Any, name: str | None = None) -> list[asyncpg.Record]:
+        return cast(list[asyncpg.Record], await self.run("fetch", sql, args, name))
+
+    async def fetchrow(self, sql: str, *args: Any, name: str | None = None) -> asyncpg.Record | None:
+        return cast("asyncpg.Record | None", await self.run("fetchrow", sql, args, name))
+
+    async def fetchval(self, sql: str, *args: Any, name: str | None = None) -> Any:
+        return await self.run("fetchval", sql, args, name)
+
+    async def execute(self, sql: str, *args: Any, name: str | None = None) -> str:
+        result: str = await self.run("execute", sql, args, name)
+        return result
+
+    async def executemany(
+        self, sql: str, args: Iterable[Sequence[Any]], name: str | None = None
+    ) -> None:
+        await self.run("executemany", sql, (args,), name)
+
+    @property
+    def q(self) -> BoundQueries:
+        """The loaded named queries, bound to this executor: ``await uow.q.name(p=1)``."""
+        return self.runtime.named_queries().bind(self)
+
+    def repo(self, repository: type[R]) -> R:
+        """A repository of type ``repository`` bound to this executor."""
+        return repository(self)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def _first_line(sql: str) -> str:
+    stripped = sql.strip()
+    return stripped.splitlines()[0][:80] if stripped else "<empty>"
+
+
+__all__ = ["DRIVER_ERRORS", "Executor", "Runtime", "is_tampered", "open_session"]

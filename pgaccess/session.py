@@ -1,0 +1,177 @@
+"""What every use of a pooled connection starts from: a clean session and its own tenant.
+
+A pooled PostgreSQL session passes from one unit of work to the next, and the SQL run in one
+of them may be hostile (an injection bug). So pgaccess never trusts the state a connection
+comes back with, and never tries to recognise which statements changed it: every unit of
+work, every autocommit statement and every raw checkout begins with one simple query that
+
+* resets the session: ``SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL;
+  UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES`` - settings,
+  roles, cursors, listeners, session advisory locks, temporary relations, functions, types
+  and sequences;
+* fails if the session holds a prepared statement made with SQL ``PREPARE`` (the driver's
+  own are protocol-level): the way to hijack one of the driver's statement names. The
+  connection is then terminated and the unit of work gets another;
+* sets the tenant (``set_config``, never a value taken from input: a validated UUID), or the
+  empty tenant, which matches no row.
+
+This is the unit of work's *first* round trip, together with its ``BEGIN`` - no extra round
+trip. Inside a transaction the reset is transactional (a rollback restores what it dropped),
+which is harmless because the next user of the connection starts with the same reset.
+
+Settings that a ``RESET ALL`` would restore to the *role's* defaults (which the app role can
+change for itself with ``ALTER ROLE ... SET``) are pinned as connection startup parameters,
+which take precedence over role and database defaults (see :func:`pinned_settings`). Behind
+a transaction pooler, which refuses startup parameters, they travel with every ``BEGIN``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from uuid import UUID
+
+from .config import Settings
+from .errors import TransactionError
+
+RESET_SESSION = (
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; "
+    "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+# Raises 42704 (with this text in the message) when a prepared statement was created with
+# SQL PREPARE; the driver only creates protocol-level ones. No helper function is needed in
+# the database, so this works before any pgaccess schema exists.
+TAMPERED_MARKER = "pgaccess: prepared statement created by SQL on this connection"
+PREPARED_STATEMENT_GUARD = (
+    f"SELECT pg_catalog.current_setting('{TAMPERED_MARKER}') "
+    "FROM pg_catalog.pg_prepared_statements WHERE from_sql LIMIT 1"
+)
+
+ISOLATION_SQL = {
+    "read_committed": "READ COMMITTED",
+    "repeatable_read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+
+# Settings the app role could otherwise change for every future session of its own
+# (ALTER ROLE pgaccess_app SET ...), and that change what its statements see or do.
+_PINNED_DEFAULTS = {
+    "row_security": "on",
+    "default_transaction_read_only": "off",
+    "default_transaction_isolation": "read committed",
+    "default_transaction_deferrable": "off",
+    "lock_timeout": "0",
+    "temp_tablespaces": "",
+    "transform_null_equals": "off",
+    "check_function_bodies": "on",
+}
+
+
+def pinned_settings(settings: Settings) -> dict[str, str]:
+    """Startup parameters of every connection: they outrank ``ALTER ROLE ... SET`` and are
+    what ``RESET ALL`` returns to. ``pg_temp`` is searched last, so a temporary relation can
+    never shadow a table of the search path."""
+    pinned = {
+        **_PINNED_DEFAULTS,
+        "search_path": f"{settings.search_path}, pg_temp",
+        settings.tenant_setting: "",
+        "application_name": settings.application_name,
+        "statement_timeout": str(int(settings.statement_timeout * 1000)),
+        "idle_in_transaction_session_timeout": str(
+            int(settings.idle_in_transaction_session_timeout * 1000)
+        ),
+        "TimeZone": "UTC",
+    }
+    pinned.update(settings.server_settings)
+    return pinned
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def set_local_all(values: Mapping[str, str]) -> str:
+    """Transaction-local values for each setting: pinning where startup parameters are
+    refused (one statement; ``set_config`` parses list values such as search_path)."""
+    calls = ", ".join(
+        f"pg_catalog.set_config({_literal(name)}, {_literal(value)}, true)"
+        for name, value in values.items()
+    )
+    return f"SELECT {calls}"
+
+
+def begin_sql(isolation: str, readonly: bool, deferrable: bool) -> str:
+    """A fully explicit BEGIN: no session default decides isolation or read-only mode."""
+    try:
+        level = ISOLATION_SQL[isolation]
+    except KeyError:
+        raise TransactionError(
+            f"unknown isolation {isolation!r}; use one of {sorted(ISOLATION_SQL)}"
+        ) from None
+    mode = "READ ONLY" if readonly else "READ WRITE"
+    defer = "DEFERRABLE" if readonly and deferrable else "NOT DEFERRABLE"
+    return f"BEGIN ISOLATION LEVEL {level} {mode} {defer}"
+
+
+def tenant_value(settings: Settings, tenant: UUID | None, backend_pid: int) -> str:
+    """What goes into the tenant setting: '' (no tenant), the UUID, or - with a signing key -
+    ``<uuid>.<backend pid>.<ms since epoch>.<HMAC-SHA256>``, valid only on that backend and
+    only in a transaction that starts within the database's allowed skew of that time
+    (migration 0005), so a value read from ``pg_stat_activity`` cannot be replayed from
+    another session or later on the same one."""
+    if tenant is None:
+        return ""
+    text = str(tenant)
+    if settings.tenant_signing_key is None:
+        return text
+    import hashlib
+    import hmac
+
+    payload = f"{text}.{backend_pid}.{int(time.time() * 1000)}"
+    key = bytes.fromhex(settings.tenant_signing_key)
+    return f"{payload}.{hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()}"
+
+
+def opening_sql(
+    *,
+    begin: str | None,
+    tenant_setting: str,
+    tenant: str,
+    local_settings: str = "",
+    set_local: bool = False,
+) -> str:
+    """The first round trip: ``begin`` (None: autocommit), the reset, the guard,
+    ``local_settings``, the tenant.
+
+    ``tenant`` is '' or built by :func:`tenant_value` from a validated UUID: hex digits,
+    dashes and dots only, asserted here because it is inlined. ``set_local`` sends the
+    tenant as ``SET LOCAL`` (the form Citus propagates to its workers) instead of
+    ``set_config``, with ``citus.propagate_set_commands = 'local'`` so that Citus passes it
+    on to its workers; it needs ``begin``.
+    """
+    assert all(c in "0123456789abcdef-." for c in tenant), "tenant value must be pre-validated"
+    parts = [begin] if begin else []
+    parts += [RESET_SESSION, PREPARED_STATEMENT_GUARD]
+    if local_settings:  # before the tenant: the pinned settings include an empty tenant
+        parts.append(local_settings)
+    if set_local and begin:
+        parts.append("SET LOCAL citus.propagate_set_commands = 'local'")
+        parts.append(f"SET LOCAL {tenant_setting} = '{tenant}'")
+    else:
+        local = "true" if begin else "false"
+        parts.append(f"SELECT pg_catalog.set_config('{tenant_setting}', '{tenant}', {local})")
+    return "; ".join(parts)
+
+
+__all__ = [
+    "ISOLATION_SQL",
+    "PREPARED_STATEMENT_GUARD",
+    "RESET_SESSION",
+    "TAMPERED_MARKER",
+    "begin_sql",
+    "opening_sql",
+    "pinned_settings",
+    "set_local_all",
+    "tenant_value",
+]
