@@ -124,7 +124,7 @@ async def run(rounds: int, seconds: float) -> None:
     citus = TemporaryCitusCluster(workers=2, shard_count=32)
     try:
         citus.start()
-        from pgaccess.testing import _admin_exec
+        from pgaccess.devdb.clone import admin_exec as _admin_exec
 
         await _admin_exec(single.dsn(), 'CREATE DATABASE "bench"')
         single_dsn = with_database(single.dsn(), "bench")
