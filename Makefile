@@ -1,5 +1,5 @@
 # pgaccess - the two front-door commands are `make demo` and `make test`.
-.PHONY: setup demo test lint check bench bench-smoke reliability clean
+.PHONY: setup demo test test-citus test-containers lint check bench bench-smoke bench-citus reliability clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -16,11 +16,20 @@ test: setup
 
 lint:
 	.venv/bin/ruff check pgaccess tests seeders examples bench
+	.venv/bin/python -m pgaccess.migrate --dir migrations lint --files-only
 	.venv/bin/mypy pgaccess
 	.venv/bin/mypy --strict examples/service.py
 	.venv/bin/python -m pgaccess.queries check --rows pgaccess.reference.rows
 	.venv/bin/python -m pgaccess.queries check --offline --rows pgaccess.reference.rows
 	.venv/bin/python -m pgaccess.queries gen --out pgaccess/reference/rows.py --check
+
+## test-citus: the `citus` tests on a throwaway coordinator + 2 workers (builds Citus once).
+test-citus: setup
+	bash scripts/ci-citus.sh
+
+## test-containers: the suite's core with every server in a Docker container.
+test-containers: setup
+	bash scripts/ci-containers.sh
 
 check: test
 
@@ -29,6 +38,10 @@ bench: setup
 
 bench-smoke: setup
 	.venv/bin/python -m bench --smoke
+
+bench-citus: setup
+	bash ../shared/citus/build.sh
+	.venv/bin/python -m bench.citus
 
 reliability: setup
 	PGACCESS_SOAK_SECONDS=180 .venv/bin/python -m pytest -q -s tests/test_reliability.py tests/test_security.py tests/test_fuzz.py

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${PGACCESS_CITUS_BUILD:-../shared/citus/build.sh}
+[[ -f $build ]] || build=/work/shared/citus/build.sh
 if [[ ! -f $build ]]; then
   echo "ci-citus: $build not found (set PGACCESS_CITUS_BUILD to Citus's build.sh)" >&2; exit 2
 fi

@@ -44,7 +44,7 @@ scratch=$(mktemp -d /tmp/pgaccess-ci-scratch-XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 status=0
 env -u PGACCESS_TEST_DSN PGACCESS_TEST_SERVER=container PGACCESS_TEST_TMPDIR="$scratch" \
-    .venv/bin/python -m pytest -q -p no:cacheprovider \
+    .venv/bin/python -m pytest -q -p no:cacheprovider -m "not citus" \
     tests/test_containers.py tests/test_fixtures.py tests/test_migrate.py tests/test_uow.py \
     tests/test_plugin.py -k "(tenant or not test_uow) and not leaves_no_throwaway_cluster" \
     "$@" || status=1
