@@ -72,6 +72,7 @@ def plan_file(scope: str, f: MigrationFile, lint: LintReport | None) -> PlannedF
 class Plan:
     database: str
     shared: list[PlannedFile] = field(default_factory=list)
+    core: list[PlannedFile] = field(default_factory=list)  # pgaccess's own schema, applied first
     tenants: dict[str, list[str]] = field(default_factory=dict)  # schema -> pending versions
     tenant_files: dict[str, PlannedFile] = field(default_factory=dict)  # version -> planned file
     drift: list[Drift] = field(default_factory=list)
@@ -99,6 +100,7 @@ class Plan:
     def as_json(self) -> dict[str, Any]:
         return {
             "database": self.database,
+            "core": [p.as_json() for p in self.core],
             "shared": [p.as_json() for p in self.shared],
             "tenants": self.tenants,
             "tenant_files": {v: p.as_json() for v, p in self.tenant_files.items()},
@@ -109,6 +111,7 @@ class Plan:
 
     def render(self) -> list[str]:
         out = [f"database {self.database}"]
+        out += [f"  would apply pgaccess core schema {p.file.label}" for p in self.core]
         for p in self.shared:
             out += _render_file(p, "  ")
         groups: dict[tuple[str, ...], list[str]] = {}

@@ -12,6 +12,7 @@ import asyncpg
 from ..config import redact
 from ..errors import MigrationError
 from ..log import get_logger
+from ..schema import CORE_SCOPE, SUPERSEDED, core_files
 from .apply import Applier, execute
 from .files import MigrationFile, down_file, load_directory, new_file
 from .lint import (
@@ -44,15 +45,17 @@ class UpReport:
     applied: list[str] = field(default_factory=list)  # shared and repeatable versions
     rollout: RolloutReport | None = None
     lint: LintReport | None = None
+    core: list[str] = field(default_factory=list)  # pgaccess core schema versions
 
     def as_json(self) -> dict[str, Any]:
-        return {"applied": self.applied,
+        return {"applied": self.applied, "core": self.core,
                 "tenants": self.rollout.as_json() if self.rollout else None,
                 "lint": self.lint.as_json() if self.lint else None}
 
 
 @dataclass
 class _Pending:
+    core: list[MigrationFile]
     shared: list[MigrationFile]
     repeatable: list[MigrationFile]
     tenants: dict[str, list[MigrationFile]]
@@ -62,7 +65,12 @@ class _Pending:
 
 
 class Migrator:
-    """Applies a directory of SQL migrations to one database."""
+    """Applies pgaccess's core schema, then a directory of SQL migrations, to one database.
+
+    ``core=False`` leaves the core schema out (a database that does not use pgaccess's
+    tenancy); ``app_role``/``admin_role`` name the roles the core schema creates and the
+    lint checks grants for.
+    """
 
     def __init__(
         self,
@@ -76,6 +84,8 @@ class Migrator:
         progress: Callable[[int, int], None] | None = None,
         lock_retry: LockRetry | None = None,
         app_role: str | None = "pgaccess_app",
+        admin_role: str = "pgaccess_admin",
+        core: bool = True,
     ) -> None:
         self.dsn = dsn
         self.directory = Path(directory)
@@ -86,6 +96,8 @@ class Migrator:
         self.progress = progress or (lambda done, total: None)
         self.lock_retry = lock_retry or LockRetry()
         self.app_role = app_role
+        self.admin_role = admin_role
+        self.core = core
 
     # -- files ---------------------------------------------------------------------------
 
@@ -99,6 +111,9 @@ class Migrator:
 
     def tenant_files(self) -> list[MigrationFile]:
         return load_directory(self.directory / "tenant")
+
+    def core_files(self) -> list[MigrationFile]:
+        return core_files(self.app_role or "pgaccess_app", self.admin_role) if self.core else []
 
     def all_files(self) -> list[MigrationFile]:
         return self.files() + self.repeatable_files() + self.tenant_files()
@@ -117,10 +132,19 @@ class Migrator:
                 con, tenant_prefix=self.tenant_prefix if tenant_files else None)
         finally:
             await con.close()
-        status = compare([a for a in applied_all if a.scope == SHARED_SCOPE], files, repeatables)
+        status = compare([a for a in applied_all if a.scope == SHARED_SCOPE], files, repeatables,
+                         SUPERSEDED if self.core else ())
         status.tenants, tenant_drift = tenant_status(applied_all, schemas, tenant_files)
         status.drift += tenant_drift
+        core = self._core_status(applied_all)
+        status.core_applied, status.core_pending = core.applied, core.pending
+        status.drift += core.drift
         return status
+
+    def _core_status(self, applied_all: list[AppliedMigration]) -> Status:
+        core = compare([a for a in applied_all if a.scope == CORE_SCOPE], self.core_files(), [])
+        core.drift = [Drift(d.version, f"pgaccess core {d.name}", d.reason) for d in core.drift]
+        return core
 
     async def verify(self) -> list[Drift]:
         return (await self.status()).drift
@@ -150,6 +174,7 @@ class Migrator:
         finally:
             await con.close()
         plan = Plan(redact(self.dsn), drift=pending.drift, lint=pending.lint)
+        plan.core = [plan_file(CORE_SCOPE, f, None) for f in pending.core]
         plan.shared = [plan_file(SHARED_SCOPE, f, pending.lint)
                        for f in pending.shared + pending.repeatable]
         for schema, files in pending.tenants.items():
@@ -174,8 +199,10 @@ class Migrator:
         applied_all, schemas = await applied_and_schemas(
             con, tenant_prefix=self.tenant_prefix if tenant_files and tenant is None else None)
         shared_applied = [a for a in applied_all if a.scope == SHARED_SCOPE]
-        status = compare(shared_applied, target, repeatables)
-        drift = compare(shared_applied, files, []).drift
+        superseded = SUPERSEDED if self.core else ()
+        status = compare(shared_applied, target, repeatables, superseded)
+        core = self._core_status(applied_all)
+        drift = compare(shared_applied, files, [], superseded).drift + core.drift
         if tenant is not None and tenant_files:
             schemas = [tenant_schema_name(tenant, self.tenant_prefix)]
         by_scope: dict[str, list[AppliedMigration]] = {}
@@ -192,7 +219,7 @@ class Migrator:
             tenant_pending = {f.path: f for fs in plan.values() for f in fs}
             report = lint_files(files + self.repeatable_files(), report_on=shared_pending)
             report.findings += lint_files(tenant_files, report_on=list(tenant_pending.values())).findings
-        return _Pending(status.pending, status.repeatable_pending, plan, drift, report,
+        return _Pending(core.pending, status.pending, status.repeatable_pending, plan, drift, report,
                         self._out_of_order(shared_applied, status.pending))
 
     # -- applying --------------------------------------------------------------------------
@@ -233,6 +260,10 @@ class Migrator:
                     "statement, or pass --no-lint):\n"
                     + "\n".join(f"  {x}" for x in pending.lint.blocking), pending.lint.blocking)
             report.lint = pending.lint
+            core = Applier(lambda line: self.echo(f"pgaccess core: {line}"), self.lock_retry)
+            for f in pending.core:
+                await core.apply(work, f, CORE_SCOPE, None)
+                report.core.append(f.version)
             shared = self._applier(gate=lint)
             for f in pending.shared + pending.repeatable:
                 await shared.apply(work, f, SHARED_SCOPE, None)

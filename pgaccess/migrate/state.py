@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +80,15 @@ class Status:
     drift: list[Drift]
     repeatable_pending: list[MigrationFile] = field(default_factory=list)
     tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # pgaccess's own migration set (pgaccess.schema), applied before the project's files.
+    core_applied: list[AppliedMigration] = field(default_factory=list)
+    core_pending: list[MigrationFile] = field(default_factory=list)
+    # Applied rows of files whose content moved into the core schema (not drift).
+    superseded: list[AppliedMigration] = field(default_factory=list)
 
     @property
     def up_to_date(self) -> bool:
-        return not self.pending and not self.repeatable_pending and all(
+        return not self.pending and not self.repeatable_pending and not self.core_pending and all(
             not t["pending"] for t in self.tenants.values()
         )
 
@@ -106,20 +112,30 @@ class Status:
             + [{"version": p.version, "name": p.name} for p in self.repeatable_pending],
             "drift": [{"version": d.version, "name": d.name, "reason": d.reason} for d in self.drift],
             "tenants": self.tenants,
+            "core": {"applied": [a.version for a in self.core_applied],
+                     "pending": [{"version": p.version, "name": p.name} for p in self.core_pending]},
+            "superseded": [a.version for a in self.superseded],
         }
 
 
 def compare(
-    applied: list[AppliedMigration], files: list[MigrationFile], repeatables: list[MigrationFile]
+    applied: list[AppliedMigration], files: list[MigrationFile], repeatables: list[MigrationFile],
+    superseded: Collection[str] = (),
 ) -> Status:
-    """What is pending and what drifted, from one scope's applied rows and its files."""
+    """What is pending and what drifted, from one scope's applied rows and its files.
+
+    Rows whose checksum is in ``superseded`` (files whose content moved into pgaccess's core
+    schema) are history: neither drift nor a reason to re-apply their version."""
     by_version = {f.version: f for f in files}
     by_int = {int(f.version): f for f in files}
     drift: list[Drift] = []
     versioned = [a for a in applied if a.kind != "repeatable"]
+    replaced: list[AppliedMigration] = []
     for a in versioned:
         f = by_version.get(a.version) or by_int.get(int(a.version))
-        if f is None:
+        if a.checksum in superseded and (f is None or f.checksum != a.checksum):
+            replaced.append(a)
+        elif f is None:
             drift.append(Drift(a.version, a.name, "file missing"))
         elif a.kind != "baseline" and f.checksum != a.checksum:
             drift.append(Drift(a.version, a.name, "checksum changed since it was applied"))
@@ -129,7 +145,7 @@ def compare(
     rep_pending = [r for r in repeatables if rep_applied.get(r.version) != r.checksum]
     return Status(applied=sorted(versioned, key=lambda a: int(a.version))
                   + [a for a in applied if a.kind == "repeatable"],
-                  pending=pending, drift=drift, repeatable_pending=rep_pending)
+                  pending=pending, drift=drift, repeatable_pending=rep_pending, superseded=replaced)
 
 
 async def has_bookkeeping(con: asyncpg.Connection) -> bool:

@@ -1,0 +1,3 @@
+DROP TABLE projects;
+DROP TYPE project_status;
+DROP TABLE users;
