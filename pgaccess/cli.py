@@ -3,6 +3,9 @@
 ``pgaccess migrate ...`` is the same as ``python -m pgaccess.migrate ...``; likewise
 ``seed``, ``queries``, ``health`` and ``devdb``. Without ``--dsn`` and ``DATABASE_URL`` the
 commands use the embedded development cluster under ``.pgaccess/`` (started on first use).
+Every command reads the project's layout and role names from ``[tool.pgaccess]`` in the
+nearest ``pyproject.toml`` (:mod:`pgaccess.project`; ``pgaccess config`` shows them);
+``pgaccess init`` scaffolds a project.
 
 Exit codes shared by all subcommands: 0 success, 1 failure (or ``degraded`` for health),
 2 usage error or ``down``; ``migrate status`` adds 3 (pending) and 4 (drift).
@@ -16,9 +19,12 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import PgAccessError
+from .errors import ConfigError, PgAccessError
+
+if TYPE_CHECKING:
+    from .project import ProjectConfig
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -29,6 +35,8 @@ SUBCOMMANDS = {
     "health": "pgaccess.health.cli",
     "devdb": "pgaccess.devdb.cli",
     "demo": "pgaccess.demo",
+    "config": "pgaccess.project_cli",
+    "init": "pgaccess.scaffold.cli",
 }
 
 
@@ -60,32 +68,47 @@ async def resolve_dsn(dsn: str | None) -> str:
     return await dev_dsn()
 
 
-def role_dsns(owner: str) -> tuple[str, str]:
+def role_dsns(owner: str, roles: tuple[str, str] | None = None) -> tuple[str, str]:
     """(app, admin) DSNs: PGACCESS_APP_URL / PGACCESS_ADMIN_URL, else the owner DSN logged
-    in as pgaccess_app / pgaccess_admin (the dev cluster and tests trust local logins)."""
+    in as the project's app / admin roles (the dev cluster and tests trust local logins)."""
     from .config import with_user
 
-    return (os.environ.get("PGACCESS_APP_URL") or with_user(owner, "pgaccess_app"),
-            os.environ.get("PGACCESS_ADMIN_URL") or with_user(owner, "pgaccess_admin"))
+    app_role, admin_role = roles or load_project().roles
+    return (os.environ.get("PGACCESS_APP_URL") or with_user(owner, app_role),
+            os.environ.get("PGACCESS_ADMIN_URL") or with_user(owner, admin_role))
+
+
+def load_project(**flags: Any) -> ProjectConfig:
+    """The project's configuration with this command's flags on top (None: not given)."""
+    from .project import load_project as load
+
+    return load(flags)
 
 
 def configure_logging() -> None:
-    """Command-line logging: structlog events to stderr at PGACCESS_LOG_LEVEL (warning)."""
+    """Command-line logging: pgaccess's events to stderr at PGACCESS_LOG_LEVEL (warning).
+
+    Only the ``pgaccess`` logger is touched, and only when the process has not configured it
+    (an application that calls ``pgaccess.cli.main`` keeps its own handlers)."""
     import logging
 
-    import structlog
-
-    level = getattr(logging, os.environ.get("PGACCESS_LOG_LEVEL", "WARNING").upper(), 30)
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    raw = os.environ.get("PGACCESS_LOG_LEVEL", "WARNING").upper()
+    level = logging.getLevelName(raw)
+    if not isinstance(level, int):
+        raise ConfigError(f"PGACCESS_LOG_LEVEL={raw!r}: use DEBUG, INFO, WARNING or ERROR")
+    root = logging.getLogger("pgaccess")
+    if any(not isinstance(h, logging.NullHandler) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def run(main: Callable[[], Any]) -> int:
     """Run an async command body; typed errors become a one-line message and exit 1."""
-    configure_logging()
     try:
+        configure_logging()
         result = asyncio.run(main()) if asyncio.iscoroutinefunction(main) else main()
         return int(result or 0)
     except PgAccessError as exc:
@@ -135,8 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help") or args[0] not in SUBCOMMANDS:
         print(
             "usage: pgaccess {" + ",".join(SUBCOMMANDS) + "} ...\n\n"
-            "Async raw-SQL data access for PostgreSQL. Each subcommand has --help.\n\n"
-            "example:\n  pgaccess migrate status --json\n  pgaccess demo",
+            "Async raw-SQL data access for PostgreSQL. Each subcommand has --help.\n"
+            "The project's layout comes from [tool.pgaccess] in pyproject.toml "
+            "(`pgaccess config`).\n\n"
+            "example:\n  pgaccess init && pgaccess migrate up && pytest\n  pgaccess demo",
             file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout,
         )
         return EXIT_OK if args and args[0] in ("-h", "--help") else EXIT_USAGE

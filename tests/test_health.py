@@ -169,3 +169,46 @@ async def test_metrics_endpoint(client: httpx.AsyncClient) -> None:
     assert "pgaccess_pool_connections" in r.text
     assert 'pgaccess_query_duration_seconds_count{query="ProjectRepository.find_page"}' in r.text
     assert "pgaccess_health_status 0.0" in r.text
+
+
+async def test_missing_migration_files_are_not_drift(db: Database, tmp_path: Path) -> None:
+    """A service image without migration files: the core schema is still checked (it ships
+    with the package) and the files are reported as not available, not as drift."""
+    report = await check(db, migrations_dir=tmp_path / "not-in-this-image", cache_seconds=0)
+    m = report.checks["migrations"]
+    assert m.status == "ok", report.reasons
+    assert m.data["files"] == "not available here" and m.data["latest_applied"] == "0006"
+    assert m.data["core_pending"] == [] and "drift" not in m.data
+
+
+async def test_health_cli_without_migration_files_exits_0(db_dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.pgaccess]\nmigrations = "gone"\n')
+    out = subprocess.run([sys.executable, "-m", "pgaccess.health", "--dsn", db_dsn, "--kind", "ready",
+                          "--json"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["checks"]["migrations"]["data"]["files"] == "not available here"
+
+
+async def test_app_role_defaults_and_dangerous_functions_are_findings(db: Database, db_dsn: str) -> None:
+    import asyncpg
+
+    report = await check(db, cache_seconds=0)
+    assert report.checks["roles"].status == "ok", report.reasons
+    assert report.checks["roles"].data["executable_functions"] == []
+    con = await asyncpg.connect(db_dsn)
+    try:
+        name = await con.fetchval("SELECT current_database()")
+        await con.execute(f'ALTER ROLE pgaccess_app IN DATABASE "{name}" SET work_mem = \'8MB\'')
+        await con.execute("GRANT EXECUTE ON FUNCTION lo_import(text) TO pgaccess_app")
+        await con.execute("GRANT EXECUTE ON FUNCTION pg_terminate_backend(integer, bigint) TO pgaccess_app")
+        report = await check(db, cache_seconds=0)
+        roles = report.checks["roles"]
+        assert roles.status == "degraded" and report.status == "degraded"
+        assert roles.data["role_settings"] == [f"work_mem=8MB ({name})"]
+        assert roles.data["executable_functions"] == [
+            "lo_import(text)", "pg_terminate_backend(integer,bigint)"]
+        assert any("role/database defaults" in r and "can execute lo_import(text)" in r
+                   for r in report.reasons)
+    finally:
+        await con.execute(f'ALTER ROLE pgaccess_app IN DATABASE "{name}" RESET ALL')
+        await con.close()

@@ -7,7 +7,13 @@ and never raises. Expensive statistics are cached for a few seconds per Database
 probe does not load the server.
 
 Liveness (``kind="live"``) asks only whether the pool can reach the server; readiness
-(``kind="ready"``, the default) adds migration state and a latency threshold.
+(``kind="ready"``) adds migration state and a latency threshold; ``full`` (the default) adds
+server and database statistics and the app role's hygiene (``roles``).
+
+Migration state compares the database with pgaccess's core schema (shipped in the package,
+so always available) and, when the project's migration files are present, with them. A
+service image without migration files is not degraded: the check says the files are "not
+available here" and reports what the database has applied.
 """
 
 from __future__ import annotations
@@ -109,6 +115,8 @@ async def check(
     *,
     kind: Literal["live", "ready", "full"] = "full",
     migrations_dir: str | Path | None = "migrations",
+    app_role: str = "pgaccess_app",
+    core: bool = True,
     timeout: float = 2.0,
     max_latency_ms: float = 250.0,
     cache_seconds: float = 5.0,
@@ -143,7 +151,11 @@ async def check(
         return CheckResult("ok", 0, await query(_DATABASE_SQL))
 
     async def migrations() -> CheckResult:
-        return await _migration_check(db, Path(migrations_dir or "migrations"), timeout)
+        return await _migration_check(db, Path(migrations_dir or "migrations"), timeout, app_role, core)
+
+    async def roles() -> CheckResult:
+        async with db.pool.connection(timeout) as con:
+            return await role_check(con, app_role)
 
     def cached(name: str, fn: Callable[[], Awaitable[CheckResult]]) -> Callable[[], Awaitable[CheckResult]]:
         async def run() -> CheckResult:
@@ -162,6 +174,7 @@ async def check(
     if kind == "full":
         checks["server"] = cached("server", server)
         checks["database"] = cached("database", database)
+        checks["roles"] = cached("roles", roles)
     names = list(checks)
     results = await asyncio.gather(*(_timed(n, timeout, checks[n]) for n in names))
     by_name = dict(zip(names, results, strict=True))
@@ -191,30 +204,46 @@ async def check(
     return report
 
 
-async def _migration_check(db: Database, directory: Path, timeout: float) -> CheckResult:
+async def _migration_check(db: Database, directory: Path, timeout: float, app_role: str,
+                           core: bool) -> CheckResult:
     from ..migrate import AppliedMigration, compare, load_directory
+    from ..schema import CORE_SCOPE, SUPERSEDED, core_files
 
-    files = load_directory(directory)
-    repeatables = load_directory(directory / "repeatable", repeatable=True)
+    available = directory.is_dir()
+    files = load_directory(directory) if available else []
+    repeatables = load_directory(directory / "repeatable", repeatable=True) if available else []
     async with db.pool.connection(timeout) as con:
         present = await con.fetchval("SELECT to_regprocedure('pgaccess.migration_versions()') IS NOT NULL")
         rows = await con.fetch(
-            "SELECT version, kind, checksum FROM pgaccess.migration_versions() WHERE scope = 'shared'"
-        ) if present else []
-    applied = [AppliedMigration("shared", r["version"], "", r["kind"], r["checksum"], None, 0, "")
-               for r in rows]
-    status = compare(applied, files, repeatables)
+            "SELECT scope, version, kind, checksum FROM pgaccess.migration_versions() "
+            "WHERE scope IN ('shared', $1)", CORE_SCOPE) if present else []
+    applied = [AppliedMigration(r["scope"], r["version"], "", r["kind"], r["checksum"], None, 0, "")
+               for r in rows if r["scope"] == "shared"]
     versioned = sorted((a.version for a in applied if a.kind != "repeatable"), key=int)
-    pending = [f.version for f in status.pending + status.repeatable_pending]
-    drift = [f"{d.version}: {d.reason}" for d in status.drift]
     data: dict[str, Any] = {
+        "files": "available" if available else "not available here",
         "latest_applied": versioned[-1] if versioned else None,
         "latest_on_disk": files[-1].version if files else None,
-        "pending": len(pending),
-        "pending_versions": pending,
-        "drift": drift,
     }
     problems = []
+    if core:
+        core_applied = [AppliedMigration(CORE_SCOPE, r["version"], "", r["kind"], r["checksum"], None,
+                                         0, "") for r in rows if r["scope"] == CORE_SCOPE]
+        core_status = compare(core_applied, core_files(app_role), [])
+        data["core_pending"] = [f.version for f in core_status.pending]
+        if core_status.pending:
+            problems.append("pgaccess core schema not up to date (pending "
+                            + ", ".join(data["core_pending"]) + "): run `pgaccess migrate up`")
+        if core_status.drift:
+            problems.append("pgaccess core schema differs from this pgaccess version: "
+                            + "; ".join(f"{d.version}: {d.reason}" for d in core_status.drift))
+    if not available:
+        # Nothing to compare with: report what is applied, and no verdict about the files.
+        return CheckResult("degraded" if problems else "ok", 0, data, "; ".join(problems) or None)
+    status = compare(applied, files, repeatables, SUPERSEDED if core else ())
+    pending = [f.version for f in status.pending + status.repeatable_pending]
+    drift = [f"{d.version}: {d.reason}" for d in status.drift]
+    data.update({"pending": len(pending), "pending_versions": pending, "drift": drift})
     if pending:
         problems.append(f"{len(pending)} migration(s) pending ({', '.join(pending)})")
     if drift:
@@ -222,4 +251,50 @@ async def _migration_check(db: Database, directory: Path, timeout: float) -> Che
     return CheckResult("degraded" if problems else "ok", 0, data, "; ".join(problems) or None)
 
 
-__all__ = ["CheckResult", "HealthReport", "check"]
+_ROLE_SETTINGS_SQL = """
+SELECT coalesce(d.datname, '(all databases)') AS scope, unnest(s.setconfig) AS setting
+FROM pg_db_role_setting s
+JOIN pg_roles r ON r.oid = s.setrole
+LEFT JOIN pg_database d ON d.oid = s.setdatabase
+WHERE r.rolname = $1 AND (s.setdatabase = 0 OR d.datname = current_database())
+UNION ALL
+SELECT '(database default)', unnest(s.setconfig)
+FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+WHERE s.setrole = 0 AND d.datname = current_database()
+ORDER BY 1, 2
+"""
+
+_DANGEROUS_FUNCTIONS_SQL = """
+SELECT p.oid::regprocedure::text AS fn
+FROM pg_proc p
+WHERE p.pronamespace = 'pg_catalog'::regnamespace
+  AND (p.proname LIKE 'lo\\_%' OR p.proname IN ('loread', 'lowrite', 'pg_terminate_backend'))
+  AND has_function_privilege($1, p.oid, 'EXECUTE')
+ORDER BY 1
+"""
+
+
+async def role_check(con: Any, app_role: str) -> CheckResult:
+    """The app role's hygiene: settings pinned on the role or database (an operator should
+    see them, though pgaccess pins the ones that matter at connect time), and large-object or
+    backend-terminating functions it can still execute (core migration 0003 revokes them when
+    run by a superuser)."""
+    if not await con.fetchval("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", app_role):
+        return CheckResult("degraded", 0, {"app_role": app_role},
+                           f"app role {app_role!r} does not exist: run `pgaccess migrate up`")
+    settings = [f"{r['setting']} ({r['scope']})" for r in await con.fetch(_ROLE_SETTINGS_SQL, app_role)]
+    functions = [r["fn"] for r in await con.fetch(_DANGEROUS_FUNCTIONS_SQL, app_role)]
+    data: dict[str, Any] = {"app_role": app_role, "role_settings": settings,
+                            "executable_functions": functions}
+    problems = []
+    if settings:
+        problems.append(f"{app_role} has role/database defaults: {', '.join(settings)} "
+                        f"(ALTER ROLE {app_role} RESET ALL, or ALTER DATABASE ... RESET, if not wanted)")
+    if functions:
+        shown = ", ".join(functions[:4]) + (f" and {len(functions) - 4} more" if len(functions) > 4 else "")
+        problems.append(f"{app_role} can execute {shown}: run `pgaccess migrate up` as a superuser "
+                        "(core migration 0003 revokes them from PUBLIC)")
+    return CheckResult("degraded" if problems else "ok", 0, data, "; ".join(problems) or None)
+
+
+__all__ = ["CheckResult", "HealthReport", "check", "role_check"]

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..cli import add_dsn, parser, print_json, resolve_dsn, run, table
+from ..cli import add_dsn, load_project, parser, print_json, resolve_dsn, run, table
 from ..config import Settings
 from ..database import Database
 from . import HealthReport, check
@@ -30,11 +30,15 @@ def render(report: HealthReport) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser(
         "pgaccess health",
-        "Report database health: latency, server, statistics, pool, migrations.",
-        "python -m pgaccess.health --json || echo 'not healthy'",
+        "Report database health: latency, server, statistics, pool, migrations (pgaccess's core "
+        "schema always; the project's files when present - a service image without them is not "
+        "degraded), and the app role's settings and privileges. Exit codes: 0 ok, 1 degraded, "
+        "2 down.",
+        "pgaccess health --kind ready --json || echo 'not ready'",
     )
     add_dsn(p)
-    p.add_argument("--migrations", default="migrations", help="migrations directory (default: migrations)")
+    p.add_argument("--migrations",
+                   help="migrations directory (default: `migrations` of [tool.pgaccess])")
     p.add_argument("--kind", choices=["live", "ready", "full"], default="full")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per check (default 2)")
     p.add_argument("--max-latency-ms", type=float, default=250.0)
@@ -42,12 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     async def body() -> int:
+        project = load_project(migrations=args.migrations)
         dsn = await resolve_dsn(args.dsn)
         db = Database(Settings(min_size=0, connect_retry_budget=min(args.timeout, 1.0),
                                connect_timeout=args.timeout), dsn=dsn)
         await db.pool.open()
         try:
-            report = await check(db, kind=args.kind, migrations_dir=args.migrations,
+            report = await check(db, kind=args.kind, migrations_dir=project.migrations,
+                                 app_role=project.app_role, core=project.core_schema,
                                  timeout=args.timeout, max_latency_ms=args.max_latency_ms)
         finally:
             await db.close(timeout=args.timeout)

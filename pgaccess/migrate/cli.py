@@ -1,5 +1,8 @@
 """``python -m pgaccess.migrate [--dsn DSN] [--dir DIR] COMMAND`` (also ``pgaccess migrate``).
 
+The directory, role names and tenant schema prefix default to the project's configuration
+(``[tool.pgaccess]``, see ``pgaccess config``); pgaccess's core schema is applied first.
+
 Exit codes: 0 ok / up to date, 1 failure, 2 usage, 3 pending (status), 4 drift
 (status, verify; ``up --dry-run`` when up would refuse on drift), 5 lint findings
 (lint; up and ``up --dry-run`` when up refuses on them).
@@ -10,9 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..cli import EXIT_OK, Progress, add_dsn, parser, print_json, resolve_dsn, run, table
+from ..cli import EXIT_OK, Progress, add_dsn, load_project, parser, print_json, resolve_dsn, run, table
 from .files import new_file
 from .lint import LintFailed, LintReport
 from .retry import LockRetry
@@ -29,17 +31,17 @@ def _parser() -> argparse.ArgumentParser:
         "Apply plain SQL migrations (shared, repeatable and per-tenant-schema) safely: "
         "lock-aware lint, lock-timeout retries, dry-run plans, staged tenant rollouts. "
         "Exit codes: 0 ok, 1 failure, 2 usage, 3 pending, 4 drift, 5 lint findings.",
-        "python -m pgaccess.migrate up --dry-run && python -m pgaccess.migrate up --canary 5 "
-        "--concurrency 4",
+        "pgaccess migrate up --dry-run && pgaccess migrate up --canary 5 --concurrency 4",
     )
     add_dsn(p)
-    p.add_argument("--dir", default="migrations", help="migrations directory (default: migrations)")
+    p.add_argument("--dir", help="migrations directory (default: `migrations` of [tool.pgaccess])")
     p.add_argument("--allow-out-of-order", action="store_true",
                    help="apply files numbered below the highest applied version")
     p.add_argument("--lock-wait", type=float, default=120.0,
                    help="seconds to wait for another runner's lock (default 120)")
-    p.add_argument("--app-role", default="pgaccess_app",
-                   help="the service's role, for the lint's grant check (default pgaccess_app)")
+    p.add_argument("--app-role",
+                   help="the service's role, for the core schema and the lint's grant check "
+                        "(default: `app_role` of [tool.pgaccess], pgaccess_app)")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="lint, then apply pending migrations (the release step)")
     up.add_argument("--to", help="stop after this version")
@@ -78,16 +80,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+
+    def migrator(dsn: str) -> Migrator:
+        project = load_project(migrations=args.dir, app_role=args.app_role)
+        return Migrator(dsn, project.migrations, lock_timeout=args.lock_wait,
+                        allow_out_of_order=args.allow_out_of_order, echo=print,
+                        progress=Progress("tenant schemas"), app_role=project.app_role,
+                        admin_role=project.admin_role, core=project.core_schema,
+                        tenant_prefix=project.tenant_schema_prefix,
+                        lock_retry=LockRetry(budget=getattr(args, "lock_retry_budget", 60.0)))
+
     if args.command == "new":
-        return run(lambda: print(new_file(Path(args.dir), args.description)))
+        return run(lambda: print(new_file(load_project(migrations=args.dir).migrations,
+                                          args.description)))
     if args.command == "lint" and args.files_only:
-        return run(lambda: _print_lint(Migrator("", args.dir).lint_files(), args.json))
+        return run(lambda: _print_lint(migrator("").lint_files(), args.json))
 
     async def body() -> int:
-        m = Migrator(await resolve_dsn(args.dsn), args.dir, lock_timeout=args.lock_wait,
-                     allow_out_of_order=args.allow_out_of_order, echo=print,
-                     progress=Progress("tenant schemas"), app_role=args.app_role,
-                     lock_retry=LockRetry(budget=getattr(args, "lock_retry_budget", 60.0)))
+        m = migrator(await resolve_dsn(args.dsn))
         if args.command == "up":
             return await _up(m, args)
         if args.command == "status":
@@ -185,6 +195,13 @@ def _print_status(status: Status) -> None:
     rows = [(a.version, a.name, a.kind, a.checksum[:12], a.applied_at, f"{a.duration_ms} ms",
              a.applied_by) for a in status.applied]
     print(table(["version", "name", "kind", "checksum", "applied_at", "duration", "by"], rows))
+    if status.core_applied or status.core_pending:
+        print(f"pgaccess core schema: {len(status.core_applied)} applied"
+              + (f", pending {', '.join(f.version + ' ' + f.name for f in status.core_pending)}"
+                 if status.core_pending else ""))
+    if status.superseded:
+        print("moved into the core schema (not drift): "
+              + ", ".join(f"{a.version} {a.name}" for a in status.superseded))
     for f in status.pending + status.repeatable_pending:
         print(f"pending: {f.version} {f.name}")
     for d in status.drift:

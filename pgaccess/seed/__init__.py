@@ -1,8 +1,8 @@
 """Seeders: deterministic, idempotent data for development and tests.
 
 A :class:`Seeder` has ``async seed(uow)`` and ``async truncate(uow)`` and declares the
-seeders it ``depends_on``; :class:`SeedRunner` (the ``DatabaseSeeder`` of the story) orders
-them (a cycle is an error naming it) and runs them all in *one* system transaction, so a
+seeders it ``depends_on``; :class:`DatabaseSeeder` (also importable as ``SeedRunner``, its
+first name) orders them (a cycle is an error naming it) and runs them all in *one* system transaction, so a
 failing seeder leaves the database as it was. Tenant-owned rows are written inside
 ``uow.scoped_tenant(t)``, where RLS checks every row against that tenant.
 
@@ -144,8 +144,11 @@ def discover_seeders(directory: str | Path) -> list[type[Seeder]]:
     return found
 
 
-class SeedRunner:
-    """Runs seeders in dependency order, in one system transaction (the DatabaseSeeder)."""
+class DatabaseSeeder:
+    """Runs seeders in dependency order, in one system transaction.
+
+    ``DatabaseSeeder(db, discover_seeders("seeders")).run()``; the same class is exported
+    as ``SeedRunner`` (its name before 0.2)."""
 
     def __init__(
         self,
@@ -208,8 +211,11 @@ class SeedRunner:
         return timings
 
 
+SeedRunner = DatabaseSeeder
+
 __all__ = [
     "ENVIRONMENTS",
+    "DatabaseSeeder",
     "SeedContext",
     "SeedRunner",
     "Seeder",
