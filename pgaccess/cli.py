@@ -58,14 +58,17 @@ def add_dsn(p: argparse.ArgumentParser) -> None:
 
 
 async def resolve_dsn(dsn: str | None) -> str:
-    """--dsn, then DATABASE_URL, then the embedded development cluster."""
-    if dsn:
-        return dsn
-    if env := os.environ.get("DATABASE_URL"):
-        return env
-    from .devdb import dev_dsn
+    """--dsn, then DATABASE_URL, then the embedded development cluster in the project's root.
 
-    return await dev_dsn()
+    A DSN naming the socket directory of a stopped cluster raises ConfigError that says how
+    to start it."""
+    from .devdb import check_socket, dev_dsn
+
+    if dsn:
+        return check_socket(dsn)
+    if env := os.environ.get("DATABASE_URL"):
+        return check_socket(env)
+    return await dev_dsn(load_project().root)
 
 
 def role_dsns(owner: str, roles: tuple[str, str] | None = None) -> tuple[str, str]:

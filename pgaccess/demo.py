@@ -3,7 +3,10 @@
 Starts the development cluster under ``.pgaccess/`` (or uses ``--dsn``/``DATABASE_URL``),
 applies the migrations, seeds the reference data, runs tenant-scoped queries through the
 repositories and the unit of work - showing that RLS keeps tenants apart - and ends with the
-health report. Exit code: the health report's (0 ok, 1 degraded, 2 down).
+health report. It runs the reference schema of a pgaccess checkout (migrations/, sql/,
+seeders/ with the tenants, users and projects tables); anywhere else it says so before it
+starts anything - ``pgaccess init`` makes a project of your own. Exit code: the health
+report's (0 ok, 1 degraded, 2 down); 1 when the reference schema is not here.
 """
 
 from __future__ import annotations
@@ -11,33 +14,55 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .cli import add_dsn, parser, resolve_dsn, role_dsns, run, table
+from .cli import add_dsn, load_project, parser, resolve_dsn, role_dsns, run, table
 from .config import Settings
 from .database import Database
+from .errors import ConfigError
 from .health import check
 from .health.cli import render
 from .migrate import Migrator
+from .project import ProjectConfig
 from .reference import ACME_ID, GLOBEX_ID, ProjectRepository, TenantRepository
-from .seed import SeedRunner, discover_seeders
+from .seed import DatabaseSeeder, discover_seeders
+
+_NEEDED = ("migrations/0002_users_and_projects.sql", "sql/projects.sql", "seeders/reference.py")
+
+
+def reference_project() -> ProjectConfig:
+    """The project configuration, if it is the reference schema; else DemoUnavailable."""
+    project = load_project()
+    found = {"migrations": project.migrations, "sql": project.sql, "seeders": project.seeders}
+    missing = [need for need in _NEEDED
+               if not (found[need.split("/")[0]] / need.split("/", 1)[1]).is_file()]
+    if missing:
+        raise ConfigError(
+            "pgaccess demo runs the reference schema of a pgaccess checkout and did not find "
+            f"{', '.join(missing)} under {project.root} (nothing was started). Run it in a "
+            "clone of the pgaccess repository, or start a project of your own with "
+            "`pgaccess init` and `pgaccess migrate up`.")
+    return project
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser(
         "pgaccess demo",
-        "Migrate and seed the embedded dev cluster, query as two tenants, print health.",
-        "python -m pgaccess demo",
+        "Migrate and seed the embedded dev cluster with the reference schema of a pgaccess "
+        "checkout, query as two tenants, print health.",
+        "git clone <pgaccess repository> && cd pgaccess && pgaccess demo",
     )
     add_dsn(p)
     args = p.parse_args(argv)
 
     async def body() -> int:
+        project = reference_project()
         owner = await resolve_dsn(args.dsn)
         print("== migrate")
-        await Migrator(owner, "migrations", echo=lambda line: print("  " + line)).up()
-        app, admin = role_dsns(owner)
-        async with Database(Settings(min_size=1), dsn=app, admin_dsn=admin, sql_dir="sql") as db:
+        await Migrator(owner, project.migrations, echo=lambda line: print("  " + line),
+                       app_role=project.app_role, admin_role=project.admin_role).up()
+        app, admin = role_dsns(owner, project.roles)
+        async with Database(Settings(min_size=1), dsn=app, admin_dsn=admin, sql_dir=project.sql) as db:
             print("== seed")
-            timings = await SeedRunner(db, discover_seeders("seeders")).run()
+            timings = await DatabaseSeeder(db, discover_seeders(project.seeders)).run()
             print("  " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
             for tenant_id in (ACME_ID, GLOBEX_ID):
                 async with db.transaction(tenant=tenant_id, readonly=True) as uow:
@@ -58,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             s = db.pool.stats()
             print(f"  size={s.size} idle={s.idle} acquires={s.acquires} discarded={s.connections_discarded}")
             print("== health")
-            report = await check(db, migrations_dir="migrations")
+            report = await check(db, migrations_dir=project.migrations, app_role=project.app_role)
             print(render(report))
             return report.exit_code
 

@@ -1,18 +1,22 @@
-"""The embedded development cluster under ``.pgaccess/`` in the working directory.
+"""The embedded development cluster under ``.pgaccess/`` in the project's root directory.
 
 With no ``DATABASE_URL`` the command-line tools use it: it is created and started on first
-use and reused after. ``python -m pgaccess devdb status|stop|destroy`` manages it.
+use and reused after. ``pgaccess devdb status|start|stop|destroy`` manages it. A DSN that
+points at a stopped cluster's socket directory gets a message that says to start it
+(:func:`check_socket`) instead of asyncpg's bare ``FileNotFoundError``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from ..cluster import LocalCluster
 from ..config import with_database
+from ..errors import ConfigError
 
 DEV_DATABASE = "pgaccess_dev"
 
@@ -42,3 +46,22 @@ async def _ensure_database(admin_dsn: str) -> None:
             await con.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
     finally:
         await con.close()
+
+
+def check_socket(dsn: str) -> str:
+    """``dsn`` unchanged, or ConfigError when it names a unix-socket directory with no server
+    socket in it (a stopped dev or throwaway cluster)."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    host = (query.get("host") or [parts.hostname or ""])[0]
+    if not host.startswith("/"):
+        return dsn
+    port = (query.get("port") or [str(parts.port or 5432)])[0]
+    socket = Path(host) / f".s.PGSQL.{port}"
+    if socket.exists():
+        return dsn
+    hint = ("run `pgaccess devdb start` (in the project directory)"
+            if Path(host).name == "socket" and Path(host).parent.name == ".pgaccess"
+            else "start the server, or point DATABASE_URL / --dsn at a running one")
+    raise ConfigError(f"no PostgreSQL server is listening on {socket}: the cluster there is "
+                      f"stopped; {hint}")

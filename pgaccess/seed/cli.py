@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SeedError(f"no seeders directory {project.seeders} "
                             f"({project.sources['seeders']}); create it or set `seeders` in "
                             "[tool.pgaccess]")
+        if str(project.root) not in sys.path:
+            sys.path.insert(0, str(project.root))  # seeders import the project's own modules
         seeders = discover_seeders(project.seeders)
         owner = await resolve_dsn(args.dsn)
         app, admin = role_dsns(owner, project.roles)
