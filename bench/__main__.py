@@ -56,6 +56,9 @@ from .proxy import RoundTripProxy
 Op = Callable[[int], Awaitable[Any]]
 COLS = "tenant_id, id, owner_id, name, status, metadata, created_at, updated_at"
 FLOOR = "asyncpg RLS floor"
+PLAIN = "asyncpg no RLS (WHERE)"  # the default pool: the statement, then asyncpg's reset
+AUTOCOMMIT = "pgaccess autocommit"
+UOW = "pgaccess unit of work"
 PROJECT = Project(Path("migrations"), Path("sql"), Path("seeders"))
 
 
@@ -181,6 +184,12 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
                 return await uow.repo(ProjectRepository).find_by_id(p)
         return op
 
+    def pga_lookup_autocommit(database: Database) -> Op:
+        async def op(i: int) -> Any:
+            t, p = pick(i)
+            return await database.autocommit(tenant=t).repo(ProjectRepository).find_by_id(p)
+        return op
+
     def pga_insert(database: Database) -> Op:
         async def op(i: int) -> Any:
             t, _ = pick(i)
@@ -204,6 +213,12 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
     closers.append(signed.close)
 
     w1_signed = pga_lookup(signed)
+
+    async def w1_two(i: int) -> Any:
+        t, p = pick(i)
+        async with db.transaction(tenant=t) as uow:
+            repo = uow.repo(ProjectRepository)
+            return await repo.find_by_id(p), await repo.exists(p)
     async def no_rls_tx(fn: Callable[[Any], Awaitable[Any]]) -> Any:
         async with plain_tx.acquire() as con:
             await con.execute("BEGIN")
@@ -216,10 +231,12 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
         return await no_rls_tx(lambda con: con.fetchrow(by_id_where, t, p))
 
     impls: dict[str, dict[str, Op]] = {
-        "W1 point lookup": {"pgaccess": w1_pga, FLOOR: w1_floor, "asyncpg no RLS (WHERE)": w1_plain,
+        "W1 point lookup": {UOW: w1_pga, AUTOCOMMIT: pga_lookup_autocommit(db),
+                            FLOOR: w1_floor, PLAIN: w1_plain,
                             "asyncpg no RLS, same transaction shape": w1_plain_tx,
                             "pgaccess, signed tenant context": w1_signed,
-                            "pgaccess, read-only unit of work": pga_lookup_readonly(db)},
+                            "pgaccess, read-only unit of work": pga_lookup_readonly(db),
+                            "pgaccess unit of work, two statements": w1_two},
         "W2 first page of 50": {},
         "W3 insert one": {},
         "W6 find_by_domain": {},
@@ -243,7 +260,12 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
         t, _ = pick(i)
         return await no_rls_tx(lambda con: con.fetch(page_where, t))
 
-    impls["W2 first page of 50"] = {"pgaccess": w2_pga, FLOOR: w2_floor, "asyncpg no RLS (WHERE)": w2_plain,
+    async def w2_pga_autocommit(i: int) -> Any:
+        t, _ = pick(i)
+        return await db.autocommit(tenant=t, readonly=True).repo(ProjectRepository).find_page(limit=50)
+
+    impls["W2 first page of 50"] = {UOW: w2_pga, AUTOCOMMIT: w2_pga_autocommit, FLOOR: w2_floor,
+                                    PLAIN: w2_plain,
                                     "asyncpg no RLS, same transaction shape": w2_plain_tx}
 
     # W3 ---------------------------------------------------------------------------------
@@ -258,7 +280,16 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
         async with plain.acquire() as con, con.transaction():
             return await con.fetchrow(insert, t, f"w3-{i}")
 
-    impls["W3 insert one"] = {"pgaccess": w3_pga, FLOOR: w3_floor, "asyncpg no RLS (WHERE)": w3_plain}
+    async def w3_pga_autocommit(i: int) -> Any:
+        t, _ = pick(i)
+        return await db.autocommit(tenant=t).repo(ProjectRepository).insert(name=f"w3-{i}")
+
+    async def w3_plain_autocommit(i: int) -> Any:
+        t, _ = pick(i)
+        return await plain.fetchrow(insert, t, f"w3-{i}")
+
+    impls["W3 insert one"] = {UOW: w3_pga, AUTOCOMMIT: w3_pga_autocommit, FLOOR: w3_floor,
+                              PLAIN: w3_plain_autocommit, "asyncpg no RLS, explicit transaction": w3_plain}
 
     # Through PgBouncer (transaction pooling, statement cache off; PgBouncer 1.18 has no
     # prepared-statement support), same pool size on the client side.
@@ -287,7 +318,7 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
         async with floor.acquire() as con:
             return await con.fetchrow("SELECT * FROM tenants WHERE domain = $1", domains[i % len(domains)])
 
-    impls["W6 find_by_domain"] = {"pgaccess": w6_pga, FLOOR: w6_floor}
+    impls["W6 find_by_domain"] = {UOW: w6_pga, FLOOR: w6_floor}
 
     # Other libraries (same SQL, tenant filter in WHERE, no RLS: they have no tenancy) ----
     try:
@@ -636,12 +667,16 @@ async def prepare(server_dsn: str, socket: str | None, tenants: int, smoke: bool
 def render_table(workload: str, concurrency: int, results: list[Result],
                  trips: dict[tuple[str, str], float] | None = None) -> str:
     lines = [f"\n### {workload} - concurrency {concurrency}\n",
-             "| implementation | ops/s | p50 ms | p99 ms | ratio to floor | round trips |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| implementation | ops/s | p50 ms | p99 ms | ratio to floor | ratio to asyncpg no RLS "
+             "| round trips |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    plain = next((r for r in results if r.impl == PLAIN), None)
     for r in results:
         rt = (trips or {}).get((workload, r.impl))
+        # Both ratios are medians against the same neighbouring floor bursts.
+        to_plain = f"{r.ratio / plain.ratio:.2f}" if plain is not None and plain.ratio else ""
         lines.append(f"| {r.impl} | {r.ops_per_s:,.0f} | {r.pct(0.5):.3f} | {r.pct(0.99):.3f} | "
-                     f"{r.ratio:.2f} | "
+                     f"{r.ratio:.2f} | {to_plain} | "
                      f"{'' if rt is None else f'{rt:.1f}'} |")
     return "\n".join(lines)
 

@@ -54,9 +54,10 @@ class Autocommit(Executor):
         value = runtime.tenant_value(self.tenant, con)
         timeout = "" if self.timeout is None else f"SET statement_timeout = {int(self.timeout * 1000)}"
         return opening_sql(begin=None, tenant_setting=runtime.settings.tenant_setting,
-                           tenant=value, local_settings=timeout)
+                           tenant=value, local_settings=timeout, guard=runtime.needs_guard(con))
 
-    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None) -> Any:
+    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
+                  *, vetted: bool = False) -> Any:
         runtime = self.runtime
         pool = runtime.pool_for(system=self.system, readonly=self.readonly, primary=self.primary)
         if not pool.session_settings or runtime.tenant_set_local or pool.distributed:
@@ -68,12 +69,12 @@ class Autocommit(Executor):
             else:
                 options["tenant"] = self.tenant
             async with TransactionContext(runtime, options, independent=True) as uow:
-                return await uow.run(method, sql, args, name)
+                return await uow.run(method, sql, args, name, vetted=vetted)
         con = await open_session(runtime, pool, self.acquire_timeout,
                                  self._opening)
         raw = raw_connection(con)
         try:
-            result = await self._timed(raw, method, sql, args, name)
+            result = await self._timed(raw, method, sql, args, name, vetted)
         except BaseException as exc:
             if isinstance(exc, ConnectionLost) or not isinstance(exc, PgAccessError):
                 await pool.discard(con)  # cancelled or lost mid-statement

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
 from tenacity import (
     AsyncRetrying,
@@ -70,7 +70,12 @@ class Database:
         replica_dsns: list[str] | None = None,
         max_replica_lag: float = 5.0,
         read_your_writes: float = 0.0,
+        check_prepared_statements: Literal["after_raw_sql", "always"] = "after_raw_sql",
     ) -> None:
+        """``check_prepared_statements``: when a checkout's opening verifies that the session
+        holds no prepared statement made by SQL (see :mod:`pgaccess.session`) - after a
+        checkout that ran raw SQL text (default), or on every checkout ("always", for
+        databases whose own functions build SQL from data)."""
         settings = settings or Settings.from_env()
         if dsn is not None or admin_dsn is not None:
             settings = settings.replace(
@@ -93,6 +98,7 @@ class Database:
             log_queries=log_queries,
             tenant_set_local=tenant_set_local,
             read_your_writes=read_your_writes,
+            check_prepared_statements=check_prepared_statements,
         )
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -48,8 +48,9 @@ R = TypeVar("R", bound="BaseRepository[Any]")
 class Runtime:
     """What executors need from a ``Database``: settings, pools, named queries, hooks."""
 
-    __slots__ = ("__weakref__", "active", "admin_pool", "log_all", "metrics", "pool", "queries",
-                 "read_your_writes", "replicas", "settings", "slow_ms", "tenant_set_local")
+    __slots__ = ("__weakref__", "active", "admin_pool", "check_always", "log_all", "metrics",
+                 "pool", "queries", "read_your_writes", "replicas", "settings", "slow_ms",
+                 "tenant_set_local")
 
     def __init__(
         self,
@@ -63,7 +64,14 @@ class Runtime:
         log_queries: bool = False,
         tenant_set_local: bool = False,
         read_your_writes: float = 0.0,
+        check_prepared_statements: Literal["after_raw_sql", "always"] = "after_raw_sql",
     ) -> None:
+        if check_prepared_statements not in ("after_raw_sql", "always"):
+            raise ConfigError(
+                f"check_prepared_statements must be 'after_raw_sql' or 'always', "
+                f"got {check_prepared_statements!r}"
+            )
+        self.check_always = check_prepared_statements == "always"
         self.settings = settings
         self.pool = pool
         self.admin_pool = admin_pool
@@ -100,6 +108,10 @@ class Runtime:
             raise ConfigError("no named queries loaded: pass sql_dir= or queries= to Database()")
         return self.queries
 
+    def needs_guard(self, con: PooledConnection) -> bool:
+        """Whether this checkout's opening checks the session's prepared statements."""
+        return self.check_always or raw_connection(con)._pga_raw_sql
+
     def tenant_value(self, tenant: UUID | None, con: PooledConnection) -> str:
         if tenant is not None and self.settings.tenant_signing_key is not None:
             return tenant_value(self.settings, tenant, raw_connection(con).get_server_pid())
@@ -125,8 +137,10 @@ async def open_session(runtime: Runtime, pool: Pool, acquire_timeout: float | No
     """
     for _ in range(pool.settings.max_size + 1):
         con = await pool.acquire(acquire_timeout, reset=False)
+        raw = raw_connection(con)
         try:
-            await raw_connection(con).execute(build(con))
+            await raw.execute(build(con))
+            raw._pga_raw_sql = False
             return con
         except BaseException as exc:
             await pool.discard(con)
@@ -147,7 +161,10 @@ class Executor:
     """Statements for one tenant (or no tenant, or the system context).
 
     ``fetch``, ``fetchrow``, ``fetchval``, ``execute`` and ``executemany`` take the SQL, its
-    bound parameters and an optional ``name`` that logs, metrics and errors use.
+    bound parameters and an optional ``name`` that logs, metrics and errors use. Their SQL
+    text counts as *raw* (it may have been built at run time), so the connection's next
+    opening checks its prepared statements; repositories and named queries call
+    :meth:`run` with ``vetted=True`` for SQL that pgaccess generates or loaded from files.
     """
 
     __slots__ = ("runtime", "system", "tenant")
@@ -162,13 +179,21 @@ class Executor:
         """True for a unit of work: its statements share one transaction."""
         raise NotImplementedError
 
-    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None) -> Any:
-        """Run one statement with asyncpg's ``method``; errors come back typed."""
+    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
+                  *, vetted: bool = False) -> Any:
+        """Run one statement with asyncpg's ``method``; errors come back typed.
+
+        ``vetted=True`` promises that ``sql`` was not built at run time (pgaccess's own
+        generated SQL, the project's named-query files): the connection's next opening may
+        then skip the prepared-statement check. Values are always bound parameters.
+        """
         raise NotImplementedError
 
     async def _timed(self, con: Any, method: Method, sql: str, args: Sequence[Any],
-                     name: str | None) -> Any:
+                     name: str | None, vetted: bool) -> Any:
         """The statement itself, logged and measured (shared by both executors)."""
+        if not vetted:
+            con._pga_raw_sql = True  # before it runs: it may fail half-way or be cancelled
         runtime = self.runtime
         start = time.perf_counter()
         try:

@@ -52,13 +52,15 @@ log = get_logger("pool")
 class Connection(asyncpg.Connection):
     """asyncpg connection with the bookkeeping the pool needs (retire-at, leak tracking)."""
 
-    __slots__ = ("_pga_acquired_at", "_pga_retire_at", "_pga_stack")
+    __slots__ = ("_pga_acquired_at", "_pga_raw_sql", "_pga_retire_at", "_pga_stack")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pga_retire_at = float("inf")
         self._pga_acquired_at = 0.0
         self._pga_stack: list[str] | None = None
+        # SQL text from outside pgaccess ran here since the last opening (see session).
+        self._pga_raw_sql = False
 
 
 PooledConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[Any]"
@@ -343,12 +345,15 @@ class Pool:
         if reset and self.session_settings:
             # Behind a transaction pooler a session reset would reach some server
             # connection, not necessarily the next one: units of work reset in-transaction.
+            raw = raw_connection(proxy)
             try:
                 await proxy.execute(opening_sql(
-                    begin=None, tenant_setting=self.settings.tenant_setting, tenant=""))
+                    begin=None, tenant_setting=self.settings.tenant_setting, tenant="",
+                    guard=raw._pga_raw_sql))
             except BaseException:
                 await self.discard(proxy)
                 raise
+            raw._pga_raw_sql = True  # raw use: anything may run
         return proxy
 
     async def _probe(self, proxy: PooledConnection) -> None:

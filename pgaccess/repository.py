@@ -42,7 +42,7 @@ from .errors import ParameterError, TenantRequired, TransactionError
 from .uow import UnitOfWork
 
 if TYPE_CHECKING:
-    from .executor import Executor, Runtime
+    from .executor import Executor, Method, Runtime
 
 # Column types of tables, per runtime (database), read once from the catalogue.
 _column_types: weakref.WeakKeyDictionary[Runtime, dict[str, dict[str, str]]] = (
@@ -152,6 +152,10 @@ class BaseRepository(Generic[Row]):
         """``ProjectRepository.find_by_id``: the name queries are logged and measured by."""
         return self._names.get(op) or f"{type(self).__name__}.{op}"
 
+    async def _run(self, method: Method, sql: str, args: Sequence[Any], op: str) -> Any:
+        """Run SQL this class generated (vetted: never built from input; values bound)."""
+        return await self.executor.run(method, sql, args, self._run_name(op), vetted=True)
+
     @classmethod
     def _shaped_sql(cls, kind: str, names: tuple[str, ...]) -> str:
         """SQL for ``kind`` over the column ``names``, generated once per shape."""
@@ -180,8 +184,7 @@ class BaseRepository(Generic[Row]):
     # -- reads -----------------------------------------------------------------------------
 
     async def find_by_id(self, key: Any) -> Row | None:
-        rec = await self.executor.run("fetchrow", self._sql["find_by_id"], (key,),
-                                  self._run_name("find_by_id"))
+        rec = await self._run("fetchrow", self._sql["find_by_id"], (key,), "find_by_id")
         return self._row(rec)
 
     async def find_by_ids(self, keys: Sequence[Any]) -> list[Row]:
@@ -189,8 +192,7 @@ class BaseRepository(Generic[Row]):
         appear once (at their first position). One query (``= ANY($1)``)."""
         if not keys:
             return []
-        records = await self.executor.run("fetch", self._sql["find_by_ids"], (list(keys),),
-                                      self._run_name("find_by_ids"))
+        records = await self._run("fetch", self._sql["find_by_ids"], (list(keys),), "find_by_ids")
         rows = self._rows(records)
         by_key = {getattr(r, self.key): r for r in rows}
         seen: set[Any] = set()
@@ -202,12 +204,10 @@ class BaseRepository(Generic[Row]):
         return out
 
     async def exists(self, key: Any) -> bool:
-        return bool(await self.executor.run("fetchval", self._sql["exists"], (key,),
-                                        self._run_name("exists")))
+        return bool(await self._run("fetchval", self._sql["exists"], (key,), "exists"))
 
     async def count(self) -> int:
-        return int(await self.executor.run("fetchval", self._sql["count"], (),
-                                       self._run_name("count")))
+        return int(await self._run("fetchval", self._sql["count"], (), "count"))
 
     async def find_page(self, limit: int = 50, after: Sequence[Any] | None = None) -> Page[Row]:
         """Keyset pagination on ``order_by``: stable under concurrent inserts, no OFFSET."""
@@ -219,15 +219,14 @@ class BaseRepository(Generic[Row]):
             # PostgreSQL re-planned it on every call (a bound LIMIT makes custom plans look
             # cheaper), which cost 5-15% of W2's throughput at concurrency 16.
             sql = self._shaped_sql(f"first_page {limit}", ())
-            records = await self.executor.run("fetch", sql, (), self._run_name("find_page"))
+            records = await self._run("fetch", sql, (), "find_page")
         else:
             if len(after) != len(self.order_by):
                 raise ParameterError(
                     f"cursor must have {len(self.order_by)} values ({self.order_by}), "
                     f"got {len(after)}"
                 )
-            records = await self.executor.run("fetch", self._sql["next_page"], (*after, limit),
-                                          self._run_name("find_page"))
+            records = await self._run("fetch", self._sql["next_page"], (*after, limit), "find_page")
         rows = self._rows(records)
         cursor = None
         if len(rows) == limit:
@@ -239,8 +238,7 @@ class BaseRepository(Generic[Row]):
         """Rows whose columns equal the given values, in ``order_by`` order."""
         names = self._check_columns(equals, "find_where")
         sql = self._shaped_sql("find_where", tuple(names))
-        records = await self.executor.run("fetch", sql, (*equals.values(), limit),
-                                      self._run_name("find_where"))
+        records = await self._run("fetch", sql, (*equals.values(), limit), "find_where")
         return self._rows(records)
 
     async def find_one_where(self, **equals: Any) -> Row | None:
@@ -264,7 +262,7 @@ class BaseRepository(Generic[Row]):
         data = self._values({**values, **kw} if values else kw)
         names = self._check_columns(data, "insert")
         sql = self._shaped_sql("insert", tuple(names))
-        rec = await self.executor.run("fetchrow", sql, tuple(data.values()), self._run_name("insert"))
+        rec = await self._run("fetchrow", sql, tuple(data.values()), "insert")
         row = self._row(rec)
         assert row is not None
         return row
@@ -297,7 +295,7 @@ class BaseRepository(Generic[Row]):
         cols = ", ".join(ident(c) for c in names)
         sql = f"INSERT INTO {ident(self._qualified)} ({cols}) SELECT * FROM unnest({casts}){conflict}"
         arrays = [list(col) for col in zip(*records, strict=True)]
-        status = await self.executor.run("execute", sql, arrays, self._run_name("insert_many"))
+        status = await self._run("execute", sql, arrays, "insert_many")
         return int(status.rsplit(" ", 1)[-1])
 
     async def _insert_via_copy(self, names: list[str], records: list[tuple[Any, ...]],
@@ -314,14 +312,14 @@ class BaseRepository(Generic[Row]):
         temp = f"pgaccess_load_{uuid.uuid4().hex}"
         cols = ", ".join(ident(c) for c in names)
         defs = ", ".join(f"{ident(c)} {types[c]}" for c in names)
-        await executor.run("execute", f'CREATE TEMP TABLE pg_temp."{temp}" ({defs}) ON COMMIT DROP',
-                           (), name)
+        await self._run("execute", f'CREATE TEMP TABLE pg_temp."{temp}" ({defs}) ON COMMIT DROP',
+                        (), "insert_many")
         await executor.copy_records_to_table(temp, records=records, columns=names,
                                              schema_name="pg_temp", name=name)
-        status = await executor.run(
+        status = await self._run(
             "execute",
             f'INSERT INTO {ident(self._qualified)} ({cols}) SELECT {cols} FROM pg_temp."{temp}"{conflict}',
-            (), name,
+            (), "insert_many",
         )
         return int(status.rsplit(" ", 1)[-1])
 
@@ -331,14 +329,14 @@ class BaseRepository(Generic[Row]):
         if types is None:
             # Looked up by the qualified name and never from a temporary schema, so no
             # temporary table can shadow it (the cache is shared by every tenant).
-            records = await self.executor.run(
+            records = await self._run(
                 "fetch",
                 "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type "
                 "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
                 "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
                 tuple(self._qualified.split(".", 1)),
-                "pgaccess.column_types",
+                "column_types",
             )
             types = {r["attname"]: r["type"] for r in records}
             if not types:
@@ -353,11 +351,11 @@ class BaseRepository(Generic[Row]):
         if not names:
             raise ParameterError("update: give at least one column to set")
         sql = self._shaped_sql("update", tuple(names))
-        rec = await self.executor.run("fetchrow", sql, (key, *data.values()), self._run_name("update"))
+        rec = await self._run("fetchrow", sql, (key, *data.values()), "update")
         return self._row(rec)
 
     async def delete(self, key: Any) -> bool:
-        status = await self.executor.run("execute", self._sql["delete"], (key,), self._run_name("delete"))
+        status = await self._run("execute", self._sql["delete"], (key,), "delete")
         return bool(status.endswith(" 1"))
 
 

@@ -11,7 +11,10 @@ work, every autocommit statement and every raw checkout begins with one simple q
   and sequences;
 * fails if the session holds a prepared statement made with SQL ``PREPARE`` (the driver's
   own are protocol-level): the way to hijack one of the driver's statement names. The
-  connection is then terminated and the unit of work gets another;
+  connection is then terminated and the unit of work gets another. This check reads every
+  prepared statement of the session (10-60 us of server time), so it runs after a checkout
+  that ran SQL text from outside pgaccess - anything but the SQL pgaccess generates and
+  the project's named-query files - or always, with ``check_prepared_statements="always"``;
 * sets the tenant (``set_config``, never a value taken from input: a validated UUID), or the
   empty tenant, which matches no row.
 
@@ -140,8 +143,9 @@ def opening_sql(
     tenant: str,
     local_settings: str = "",
     set_local: bool = False,
+    guard: bool = True,
 ) -> str:
-    """The first round trip: ``begin`` (None: autocommit), the reset, the guard,
+    """The first round trip: ``begin`` (None: autocommit), the reset, the ``guard``,
     ``local_settings``, the tenant.
 
     ``tenant`` is '' or built by :func:`tenant_value` from a validated UUID: hex digits,
@@ -152,7 +156,9 @@ def opening_sql(
     """
     assert all(c in "0123456789abcdef-." for c in tenant), "tenant value must be pre-validated"
     parts = [begin] if begin else []
-    parts += [RESET_SESSION, PREPARED_STATEMENT_GUARD]
+    parts.append(RESET_SESSION)
+    if guard:
+        parts.append(PREPARED_STATEMENT_GUARD)
     if local_settings:  # before the tenant: the pinned settings include an empty tenant
         parts.append(local_settings)
     if set_local and begin:

@@ -361,7 +361,8 @@ class _PinnedAutocommit(Autocommit):
         super().__init__(runtime, tenant=tenant, system=system, readonly=readonly)
         self._outer = outer
 
-    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None) -> Any:
+    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
+                  *, vetted: bool = False) -> Any:
         options: TransactionOptions = {"system": True} if self.system else {"tenant": self.tenant}
         async with _PinnedContext(self.runtime, options, outer=self._outer) as uow:
-            return await uow.run(method, sql, args, name)
+            return await uow.run(method, sql, args, name, vetted=vetted)

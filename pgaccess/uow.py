@@ -102,7 +102,9 @@ class UnitOfWork(Executor):
     @property
     def connection(self) -> PooledConnection:
         """The raw asyncpg connection (whatever it leaves behind, the next user resets)."""
-        return self._check()
+        con = self._check()
+        raw_connection(con)._pga_raw_sql = True
+        return con
 
     @property
     def active(self) -> bool:
@@ -114,11 +116,12 @@ class UnitOfWork(Executor):
 
     # -- running statements ----------------------------------------------------------------
 
-    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None) -> Any:
+    async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
+                  *, vetted: bool = False) -> Any:
         raw = self._raw
         if self._state != "active" or raw is None or asyncio.current_task() is not self._task:
             self._check()  # raises the right error
-        return await self._timed(raw, method, sql, args, name)
+        return await self._timed(raw, method, sql, args, name, vetted)
 
     async def copy_records_to_table(self, table: str, *, records: Any, columns: Sequence[str],
                                     schema_name: str | None = None, name: str | None = None) -> str:
@@ -174,7 +177,7 @@ class UnitOfWork(Executor):
                 local = f"{local}; {limit}" if local else limit
             return opening_sql(begin=begin, tenant_setting=runtime.settings.tenant_setting,
                                tenant=runtime.tenant_value(self.tenant, con),
-                               local_settings=local,
+                               local_settings=local, guard=runtime.needs_guard(con),
                                set_local=runtime.tenant_set_local or pool.distributed)
 
         self._con = await open_session(runtime, pool, acquire_timeout, opening)

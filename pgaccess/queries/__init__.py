@@ -15,7 +15,7 @@ A malformed file, a duplicate query name or an unknown query name raises
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -30,14 +30,11 @@ from ..errors import ParameterError, QueryLoadError
 
 
 class Runner(Protocol):
-    """What named queries run on: a unit of work (or any executor with these methods)."""
+    """What named queries run on: an executor (a unit of work or autocommit statements)."""
 
-    async def fetch(self, sql: str, *args: Any, name: str | None = None) -> list[Any]: ...
-    async def fetchrow(self, sql: str, *args: Any, name: str | None = None) -> Any: ...
-    async def fetchval(self, sql: str, *args: Any, name: str | None = None) -> Any: ...
-    async def execute(self, sql: str, *args: Any, name: str | None = None) -> str: ...
-    async def executemany(self, sql: str, args: Iterable[Sequence[Any]],
-                          name: str | None = None) -> None: ...
+    async def run(self, method: Any, sql: str, args: Sequence[Any], name: str | None,
+                  *, vetted: bool = False) -> Any: ...
+
 
 __all__ = ["NamedQuery", "QuerySet", "load_queries", "load_queries_from_str"]
 
@@ -108,27 +105,27 @@ class _Adapter(AsyncPGAdapter):  # type: ignore[misc,unused-ignore]
     async def select(  # type: ignore[override,unused-ignore]
         self, conn: Runner, query_name: str, sql: str, parameters: Any, record_class: Any = None
     ) -> AsyncIterator[Any]:
-        for row in await conn.fetch(sql, *self.maybe_order_params(query_name, parameters),
-                                   name=query_name):
+        args = self.maybe_order_params(query_name, parameters)
+        for row in await conn.run("fetch", sql, args, query_name, vetted=True):
             yield row
 
     async def select_one(
         self, conn: Runner, query_name: str, sql: str, parameters: Any, record_class: Any = None
     ) -> Any:
         args = self.maybe_order_params(query_name, parameters)
-        return await conn.fetchrow(sql, *args, name=query_name)
+        return await conn.run("fetchrow", sql, args, query_name, vetted=True)
 
     async def select_value(
         self, conn: Runner, query_name: str, sql: str, parameters: Any
     ) -> Any:
         args = self.maybe_order_params(query_name, parameters)
-        return await conn.fetchval(sql, *args, name=query_name)
+        return await conn.run("fetchval", sql, args, query_name, vetted=True)
 
     async def insert_returning(
         self, conn: Runner, query_name: str, sql: str, parameters: Any
     ) -> Any:
         args = self.maybe_order_params(query_name, parameters)
-        row = await conn.fetchrow(sql, *args, name=query_name)
+        row = await conn.run("fetchrow", sql, args, query_name, vetted=True)
         if row is None:
             return None
         return row[0] if len(row) == 1 else row
@@ -137,7 +134,7 @@ class _Adapter(AsyncPGAdapter):  # type: ignore[misc,unused-ignore]
         self, conn: Runner, query_name: str, sql: str, parameters: Any
     ) -> int:
         args = self.maybe_order_params(query_name, parameters)
-        status: str = await conn.execute(sql, *args, name=query_name)
+        status: str = await conn.run("execute", sql, args, query_name, vetted=True)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
@@ -145,10 +142,11 @@ class _Adapter(AsyncPGAdapter):  # type: ignore[misc,unused-ignore]
         self, conn: Runner, query_name: str, sql: str, parameters: Any
     ) -> None:
         rows = [self.maybe_order_params(query_name, p) for p in parameters]
-        await conn.executemany(sql, rows, name=query_name)
+        await conn.run("executemany", sql, (rows,), query_name, vetted=True)
 
     async def execute_script(self, conn: Runner, sql: str) -> str:
-        return await conn.execute(sql)
+        result: str = await conn.run("execute", sql, (), None, vetted=True)
+        return result
 
 
 @dataclass(frozen=True, slots=True)
