@@ -60,7 +60,7 @@ class Autocommit(Executor):
                   *, vetted: bool = False) -> Any:
         runtime = self.runtime
         pool = runtime.pool_for(system=self.system, readonly=self.readonly, primary=self.primary)
-        if not pool.session_settings or runtime.tenant_set_local or pool.distributed:
+        if not pool.session_state_holds or runtime.tenant_set_local:
             options: TransactionOptions = {"readonly": self.readonly, "primary": self.primary,
                                            "timeout": self.timeout,
                                            "acquire_timeout": self.acquire_timeout}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
+from typing import Any, Literal, TypeVar, Unpack
 
 from tenacity import (
     AsyncRetrying,
@@ -44,9 +44,6 @@ from .queries import QuerySet, load_queries
 from .replicas import ReplicaSet
 from .tenancy import TenantContext, parse_tenant_id
 from .uow import TransactionContext, TransactionOptions, UnitOfWork, background_commits_done
-
-if TYPE_CHECKING:
-    from .health import HealthReport
 
 log = get_logger("database")
 
@@ -220,12 +217,6 @@ class Database:
                 async with TransactionContext(self.runtime, options or {}) as uow:
                     result = await fn(uow, *args, **kwargs)
         return result  # type: ignore[return-value]
-
-    async def health(self, **options: Any) -> HealthReport:
-        """The health report; see :func:`pgaccess.health.check`."""
-        from .health import check
-
-        return await check(self, **options)
 
 
 def _log_retry(state: Any) -> None:

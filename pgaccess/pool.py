@@ -291,6 +291,13 @@ class Pool:
             self._lost += 1
 
     @property
+    def session_state_holds(self) -> bool:
+        """Whether a session-level setting made in one round trip is still there in the
+        next: known only once a connection was made, and false behind a transaction pooler
+        or on Citus (whose workers receive only SET LOCAL)."""
+        return self._probed and self.session_settings and not self.distributed
+
+    @property
     def pinned_local(self) -> str:
         """``SET LOCAL`` of the pinned settings a transaction pooler refused at connect time
         ('' when they are startup parameters): sent with every BEGIN."""

@@ -189,3 +189,21 @@ async def test_set_local_tenant_statement_for_citus(db_dsn: str, tenant: uuid.UU
             assert await uow.fetchval("SELECT current_setting('app.tenant_id')") == str(tenant)
         async with db.transaction() as uow:
             assert await uow.fetchval("SELECT count(*) FROM projects") == 0
+
+
+async def test_autocommit_behind_pgbouncer_takes_the_transaction_form(pgbouncer: str) -> None:
+    """A session-level tenant cannot be relied on between two round trips through a
+    transaction pooler: autocommit statements fall back to BEGIN + tenant, statement, COMMIT."""
+    async with bouncer_db(pgbouncer) as db:
+
+        async def worker(i: int) -> None:
+            t = (ACME_ID, GLOBEX_ID)[i % 2]
+            if i % 3 == 0:
+                assert await db.autocommit().fetchval("SELECT count(*) FROM projects") == 0
+                return
+            rows = await db.autocommit(tenant=t).fetch("SELECT DISTINCT tenant_id FROM projects")
+            assert [r["tenant_id"] for r in rows] == [t]
+            assert await db.autocommit(tenant=t).q.count_users() == 5
+
+        await asyncio.gather(*(worker(i) for i in range(200)))
+        assert db.pool.session_settings is False

@@ -238,3 +238,72 @@ async def test_role_defaults_set_by_the_app_role_do_not_apply(db1: Database, db_
         owner = await asyncpg.connect(db_dsn)
         await owner.execute("ALTER ROLE pgaccess_app RESET ALL")
         await owner.close()
+
+
+async def test_vetted_sql_never_creates_sql_prepared_statements(db1: Database, tenant: uuid.UUID) -> None:
+    """Why the prepared-statement check may be skipped after a checkout that ran only
+    vetted SQL: every repository method and named query of the reference schema leaves no
+    SQL-level prepared statement (only a raw SQL string could make one)."""
+    from pgaccess.reference import ProjectRepository, UserRepository
+
+    async with db1.transaction(tenant=tenant) as uow:
+        projects, users = uow.repo(ProjectRepository), uow.repo(UserRepository)
+        page = await projects.find_page(limit=5)
+        await projects.find_page(limit=5, after=page.next_cursor)
+        p = page.rows[0]
+        await projects.find_by_id(p.id)
+        await projects.find_by_ids([p.id])
+        await projects.exists(p.id)
+        await projects.count()
+        await projects.find_where(status=p.status)
+        new = await projects.insert(name="vetted")
+        await projects.update(new.id, name="vetted2")
+        await projects.delete(new.id)
+        await projects.insert_many([{"name": f"v{i}"} for i in range(3)])
+        await projects.insert_many([{"name": f"w{i}"} for i in range(3)], method="copy")
+        await projects.list_by_status(p.status)
+        await projects.search_by_name("v")
+        await projects.counts_by_status()
+        await users.count()
+        await uow.q.count_users()
+    raw = db1.pool
+    async with raw.connection() as con:
+        assert await con.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE from_sql") == 0
+
+
+async def test_always_mode_catches_a_hijack_made_by_a_database_function(db_dsn: str,
+                                                                        tenant: uuid.UUID,
+                                                                        other_tenant: uuid.UUID) -> None:
+    """Stored code that builds SQL from data (PL/pgSQL EXECUTE) runs under a vetted named
+    query; with check_prepared_statements="always" a hijack it makes is still caught."""
+    from pgaccess import Settings
+    from pgaccess.config import with_user
+    from pgaccess.queries import load_queries_from_str
+    from pgaccess.reference import ProjectRepository
+
+    owner = await asyncpg.connect(db_dsn)
+    await owner.execute("""
+        CREATE FUNCTION public.injectable(target text) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            EXECUTE format('DEALLOCATE %I', target);
+            EXECUTE format('PREPARE %I (uuid) AS SELECT tenant_id, id, owner_id, name, status, '
+                           'metadata, created_at, updated_at FROM projects WHERE id <> $1 LIMIT 1',
+                           target);
+        END $$;
+        GRANT EXECUTE ON FUNCTION public.injectable(text) TO pgaccess_app;
+    """)
+    await owner.close()
+    queries = load_queries_from_str("-- name: injectable(target)$\nSELECT public.injectable(:target)::text;\n")
+    db = Database(Settings(min_size=1, max_size=1), dsn=with_user(db_dsn, "pgaccess_app"),
+                  queries=queries, check_prepared_statements="always")
+    async with db:
+        async with db.transaction(tenant=other_tenant) as uow:
+            victim = (await uow.repo(ProjectRepository).find_page(limit=1)).rows[0]
+            await uow.repo(ProjectRepository).find_by_id(victim.id)
+            name = await uow.fetchval("SELECT name FROM pg_prepared_statements "
+                                      "WHERE statement LIKE '%WHERE \"id\" = $1'")
+        async with db.transaction(tenant=tenant) as uow:
+            await uow.q.injectable(target=name)
+        async with db.transaction(tenant=other_tenant) as uow:
+            assert await uow.repo(ProjectRepository).find_by_id(victim.id) == victim
+        assert db.pool.stats().connections_discarded == 1
