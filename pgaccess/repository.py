@@ -88,10 +88,13 @@ class BaseRepository(Generic[Row]):
     # A stable, unique order for keyset pagination (ends with a unique column).
     order_by: ClassVar[tuple[str, ...]] = ("id",)
 
+    # Column that routes a statement to one shard of a distributed table (Citus): set by
+    # TenantAwareRepository to ``tenant_id``; added to each WHERE on a Citus coordinator.
+    route_by: ClassVar[str | None] = None
+
     _columns: ClassVar[tuple[str, ...]]
     _column_set: ClassVar[frozenset[str]]
-    _sql: ClassVar[dict[str, str]]
-    _shape_cache: ClassVar[dict[tuple[str, tuple[str, ...]], str]]
+    _shape_cache: ClassVar[dict[tuple[str, tuple[str, ...], bool], str]]
     _names: ClassVar[dict[str, str]]
     _qualified: ClassVar[str]
 
@@ -103,29 +106,15 @@ class BaseRepository(Generic[Row]):
             raise TypeError(f"{cls.__name__}.row must be a dataclass (got {cls.row!r})")
         cls._columns = tuple(f.name for f in dataclasses.fields(cls.row))
         cls._column_set = frozenset(cls._columns)
-        for name in (cls.key, *cls.order_by):
+        for name in (cls.key, *cls.order_by, *([cls.route_by] if cls.route_by else [])):
             if name not in cls._columns:
                 raise TypeError(f"{cls.__name__}: {name!r} is not a field of {cls.row.__name__}")
         cls._qualified = cls.table if "." in cls.table else f"{cls.schema}.{cls.table}"
-        table = ident(cls._qualified)
-        cols = ", ".join(ident(c) for c in cls._columns)
-        key = ident(cls.key)
-        order = ", ".join(ident(c) for c in cls.order_by)
-        n = len(cls.order_by)
-        after = ", ".join(f"${i + 1}" for i in range(n))
+        ident(cls._qualified)  # validated now, not on first use
         cls._shape_cache = {}
         cls._names = {op: f"{cls.__name__}.{op}" for op in (
             "find_by_id", "find_by_ids", "exists", "count", "find_page", "find_where",
             "insert", "insert_many", "update", "delete")}
-        cls._sql = {
-            "find_by_id": f"SELECT {cols} FROM {table} WHERE {key} = $1",
-            "find_by_ids": f"SELECT {cols} FROM {table} WHERE {key} = ANY($1)",
-            "exists": f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} = $1)",
-            "count": f"SELECT count(*) FROM {table}",
-            "next_page": f"SELECT {cols} FROM {table} WHERE ({order}) > ({after}) "
-                         f"ORDER BY {order} LIMIT ${n + 1}",
-            "delete": f"DELETE FROM {table} WHERE {key} = $1",
-        }
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
@@ -152,39 +141,80 @@ class BaseRepository(Generic[Row]):
         """``ProjectRepository.find_by_id``: the name queries are logged and measured by."""
         return self._names.get(op) or f"{type(self).__name__}.{op}"
 
-    async def _run(self, method: Method, sql: str, args: Sequence[Any], op: str) -> Any:
-        """Run SQL this class generated (vetted: never built from input; values bound)."""
+    def _routed(self) -> bool:
+        """Whether to add the routing predicate: a tenant table on a Citus coordinator."""
+        executor = self.executor
+        return (self.route_by is not None and executor.tenant is not None
+                and executor.runtime.pool.distributed)
+
+    async def _run(self, method: Method, kind: str, args: Sequence[Any], op: str,
+                   names: tuple[str, ...] = ()) -> Any:
+        """Run the statement ``kind`` this class generates (vetted: never built from input;
+        values bound), with the routing predicate's value appended when routed."""
+        routed = self._routed()
+        sql = self._shaped_sql(kind, names, routed)
+        if routed:
+            args = (*args, self.executor.tenant)
+        return await self.executor.run(method, sql, args, self._run_name(op), vetted=True)
+
+    async def _run_sql(self, method: Method, sql: str, args: Sequence[Any], op: str) -> Any:
         return await self.executor.run(method, sql, args, self._run_name(op), vetted=True)
 
     @classmethod
-    def _shaped_sql(cls, kind: str, names: tuple[str, ...]) -> str:
-        """SQL for ``kind`` over the column ``names``, generated once per shape."""
-        key = (kind, names)
-        sql = cls._shape_cache.get(key)
+    def _shaped_sql(cls, kind: str, names: tuple[str, ...], routed: bool = False) -> str:
+        """SQL for ``kind`` over the column ``names``, generated once per shape. ``routed``
+        adds ``<route_by> = $<last>`` to the WHERE clause."""
+        cache_key = (kind, names, routed)
+        sql = cls._shape_cache.get(cache_key)
         if sql is not None:
             return sql
         table, cols = ident(cls._qualified), ", ".join(ident(c) for c in cls._columns)
-        order = ", ".join(ident(c) for c in cls.order_by)
-        if kind == "insert":
+        key, order = ident(cls.key), ", ".join(ident(c) for c in cls.order_by)
+        n = len(cls.order_by)
+
+        def where(condition: str, params: int) -> str:
+            if not routed or cls.route_by is None:
+                return f" WHERE {condition}" if condition else ""
+            route = f"{ident(cls.route_by)} = ${params + 1}"
+            return f" WHERE {condition} AND {route}" if condition else f" WHERE {route}"
+
+        if kind == "find_by_id":
+            sql = f"SELECT {cols} FROM {table}{where(f'{key} = $1', 1)}"
+        elif kind == "find_by_ids":
+            sql = f"SELECT {cols} FROM {table}{where(f'{key} = ANY($1)', 1)}"
+        elif kind == "exists":
+            sql = f"SELECT EXISTS (SELECT 1 FROM {table}{where(f'{key} = $1', 1)})"
+        elif kind == "count":
+            sql = f"SELECT count(*) FROM {table}{where('', 0)}"
+        elif kind == "delete":
+            sql = f"DELETE FROM {table}{where(f'{key} = $1', 1)}"
+        elif kind == "next_page":
+            after = ", ".join(f"${i + 1}" for i in range(n))
+            sql = (f"SELECT {cols} FROM {table}{where(f'({order}) > ({after})', n + 1)} "
+                   f"ORDER BY {order} LIMIT ${n + 1}")
+        elif kind == "insert":
             params = ", ".join(f"${i + 1}" for i in range(len(names)))
             sql = (f"INSERT INTO {table} ({', '.join(ident(c) for c in names)}) VALUES ({params}) "
                    f"RETURNING {cols}")
         elif kind == "update":
             sets = ", ".join(f"{ident(c)} = ${i + 2}" for i, c in enumerate(names))
-            sql = f"UPDATE {table} SET {sets} WHERE {ident(cls.key)} = $1 RETURNING {cols}"
+            sql = f"UPDATE {table} SET {sets}{where(f'{key} = $1', len(names) + 1)} RETURNING {cols}"
         elif kind.startswith("first_page "):
-            sql = f"SELECT {cols} FROM {table} ORDER BY {order} LIMIT {int(kind.split()[1])}"
-        else:  # find_where
-            where = " AND ".join(f"{ident(n)} = ${i + 1}" for i, n in enumerate(names)) or "true"
-            sql = f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {order} LIMIT ${len(names) + 1}"
+            sql = f"SELECT {cols} FROM {table}{where('', 0)} ORDER BY {order} LIMIT {int(kind.split()[1])}"
+        elif kind == "find_where":
+            condition = " AND ".join(f"{ident(c)} = ${i + 1}" for i, c in enumerate(names)) or "true"
+            sql = (f"SELECT {cols} FROM {table}{where(condition, len(names) + 1)} "
+                   f"ORDER BY {order} LIMIT ${len(names) + 1}")
+        else:
+            raise ValueError(f"unknown statement kind {kind!r}")
         if len(cls._shape_cache) < 1024:
-            cls._shape_cache[key] = sql
+            cls._shape_cache[cache_key] = sql
         return sql
 
     # -- reads -----------------------------------------------------------------------------
 
     async def find_by_id(self, key: Any) -> Row | None:
-        rec = await self._run("fetchrow", self._sql["find_by_id"], (key,), "find_by_id")
+        rec = await self._run("fetchrow", "find_by_id", (key,), "find_by_id")
         return self._row(rec)
 
     async def find_by_ids(self, keys: Sequence[Any]) -> list[Row]:
@@ -192,7 +222,7 @@ class BaseRepository(Generic[Row]):
         appear once (at their first position). One query (``= ANY($1)``)."""
         if not keys:
             return []
-        records = await self._run("fetch", self._sql["find_by_ids"], (list(keys),), "find_by_ids")
+        records = await self._run("fetch", "find_by_ids", (list(keys),), "find_by_ids")
         rows = self._rows(records)
         by_key = {getattr(r, self.key): r for r in rows}
         seen: set[Any] = set()
@@ -204,10 +234,10 @@ class BaseRepository(Generic[Row]):
         return out
 
     async def exists(self, key: Any) -> bool:
-        return bool(await self._run("fetchval", self._sql["exists"], (key,), "exists"))
+        return bool(await self._run("fetchval", "exists", (key,), "exists"))
 
     async def count(self) -> int:
-        return int(await self._run("fetchval", self._sql["count"], (), "count"))
+        return int(await self._run("fetchval", "count", (), "count"))
 
     async def find_page(self, limit: int = 50, after: Sequence[Any] | None = None) -> Page[Row]:
         """Keyset pagination on ``order_by``: stable under concurrent inserts, no OFFSET."""
@@ -218,15 +248,14 @@ class BaseRepository(Generic[Row]):
             # parameters the statement keeps one cached generic plan. With `LIMIT $1`
             # PostgreSQL re-planned it on every call (a bound LIMIT makes custom plans look
             # cheaper), which cost 5-15% of W2's throughput at concurrency 16.
-            sql = self._shaped_sql(f"first_page {limit}", ())
-            records = await self._run("fetch", sql, (), "find_page")
+            records = await self._run("fetch", f"first_page {limit}", (), "find_page")
         else:
             if len(after) != len(self.order_by):
                 raise ParameterError(
                     f"cursor must have {len(self.order_by)} values ({self.order_by}), "
                     f"got {len(after)}"
                 )
-            records = await self._run("fetch", self._sql["next_page"], (*after, limit), "find_page")
+            records = await self._run("fetch", "next_page", (*after, limit), "find_page")
         rows = self._rows(records)
         cursor = None
         if len(rows) == limit:
@@ -237,8 +266,8 @@ class BaseRepository(Generic[Row]):
     async def find_where(self, limit: int = 1000, **equals: Any) -> list[Row]:
         """Rows whose columns equal the given values, in ``order_by`` order."""
         names = self._check_columns(equals, "find_where")
-        sql = self._shaped_sql("find_where", tuple(names))
-        records = await self._run("fetch", sql, (*equals.values(), limit), "find_where")
+        records = await self._run("fetch", "find_where", (*equals.values(), limit), "find_where",
+                                  tuple(names))
         return self._rows(records)
 
     async def find_one_where(self, **equals: Any) -> Row | None:
@@ -261,8 +290,7 @@ class BaseRepository(Generic[Row]):
         """Insert one row; returns it as stored (defaults filled in)."""
         data = self._values({**values, **kw} if values else kw)
         names = self._check_columns(data, "insert")
-        sql = self._shaped_sql("insert", tuple(names))
-        rec = await self._run("fetchrow", sql, tuple(data.values()), "insert")
+        rec = await self._run("fetchrow", "insert", tuple(data.values()), "insert", tuple(names))
         row = self._row(rec)
         assert row is not None
         return row
@@ -295,7 +323,7 @@ class BaseRepository(Generic[Row]):
         cols = ", ".join(ident(c) for c in names)
         sql = f"INSERT INTO {ident(self._qualified)} ({cols}) SELECT * FROM unnest({casts}){conflict}"
         arrays = [list(col) for col in zip(*records, strict=True)]
-        status = await self._run("execute", sql, arrays, "insert_many")
+        status = await self._run_sql("execute", sql, arrays, "insert_many")
         return int(status.rsplit(" ", 1)[-1])
 
     async def _insert_via_copy(self, names: list[str], records: list[tuple[Any, ...]],
@@ -312,11 +340,11 @@ class BaseRepository(Generic[Row]):
         temp = f"pgaccess_load_{uuid.uuid4().hex}"
         cols = ", ".join(ident(c) for c in names)
         defs = ", ".join(f"{ident(c)} {types[c]}" for c in names)
-        await self._run("execute", f'CREATE TEMP TABLE pg_temp."{temp}" ({defs}) ON COMMIT DROP',
+        await self._run_sql("execute", f'CREATE TEMP TABLE pg_temp."{temp}" ({defs}) ON COMMIT DROP',
                         (), "insert_many")
         await executor.copy_records_to_table(temp, records=records, columns=names,
                                              schema_name="pg_temp", name=name)
-        status = await self._run(
+        status = await self._run_sql(
             "execute",
             f'INSERT INTO {ident(self._qualified)} ({cols}) SELECT {cols} FROM pg_temp."{temp}"{conflict}',
             (), "insert_many",
@@ -329,7 +357,7 @@ class BaseRepository(Generic[Row]):
         if types is None:
             # Looked up by the qualified name and never from a temporary schema, so no
             # temporary table can shadow it (the cache is shared by every tenant).
-            records = await self._run(
+            records = await self._run_sql(
                 "fetch",
                 "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type "
                 "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
@@ -350,17 +378,22 @@ class BaseRepository(Generic[Row]):
         names = self._check_columns(data, "update")
         if not names:
             raise ParameterError("update: give at least one column to set")
-        sql = self._shaped_sql("update", tuple(names))
-        rec = await self._run("fetchrow", sql, (key, *data.values()), "update")
+        rec = await self._run("fetchrow", "update", (key, *data.values()), "update", tuple(names))
         return self._row(rec)
 
     async def delete(self, key: Any) -> bool:
-        status = await self._run("execute", self._sql["delete"], (key,), "delete")
+        status = await self._run("execute", "delete", (key,), "delete")
         return bool(status.endswith(" 1"))
 
 
 class TenantAwareRepository(BaseRepository[Row]):
-    """For tenant-owned tables: needs a tenant (or the system context); RLS filters."""
+    """For tenant-owned tables: needs a tenant (or the system context); RLS filters.
+
+    On a Citus coordinator its statements also name the tenant (``tenant_id = $n``, the
+    unit of work's tenant) so that Citus routes them to one shard; RLS still enforces it.
+    """
+
+    route_by: ClassVar[str | None] = "tenant_id"
 
     def __init__(self, executor: Executor) -> None:
         if executor.tenant is None and not executor.system:

@@ -112,9 +112,10 @@ def begin_sql(isolation: str, readonly: bool, deferrable: bool) -> str:
         raise TransactionError(
             f"unknown isolation {isolation!r}; use one of {sorted(ISOLATION_SQL)}"
         ) from None
-    mode = "READ ONLY" if readonly else "READ WRITE"
-    defer = "DEFERRABLE" if readonly and deferrable else "NOT DEFERRABLE"
-    return f"BEGIN ISOLATION LEVEL {level} {mode} {defer}"
+    # DEFERRABLE only when asked: NOT DEFERRABLE is what the pinned default gives, and Citus
+    # forwards an explicit one to its workers after its own first query, which they refuse.
+    mode = "READ ONLY DEFERRABLE" if readonly and deferrable else "READ ONLY" if readonly else "READ WRITE"
+    return f"BEGIN ISOLATION LEVEL {level} {mode}"
 
 
 def tenant_value(settings: Settings, tenant: UUID | None, backend_pid: int) -> str:

@@ -220,6 +220,24 @@ async def test_explicit_tenant_predicate_is_router_planned(citus_db: Database) -
     assert task_count(routed) == 1
 
 
+async def test_repository_reads_are_router_planned(citus_db: Database) -> None:
+    """On a coordinator, TenantAwareRepository adds ``tenant_id = $n`` to its statements."""
+    from pgaccess.reference import ProjectRepository
+
+    async with citus_db.transaction(tenant=ACME_ID) as uow:
+        assert citus_db.pool.distributed  # found on the first connection
+        repo = uow.repo(ProjectRepository)
+        project = (await repo.find_page(limit=1)).rows[0]
+        assert await repo.find_by_id(project.id) == project
+        assert await repo.count() > 0
+        sql = ProjectRepository._shaped_sql("find_by_id", (), routed=True)
+        assert sql.endswith('AND "tenant_id" = $2')
+        plan = await uow.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", project.id, ACME_ID)
+    assert task_count(plan) == 1
+    async with citus_db.transaction(tenant=GLOBEX_ID) as uow:  # and stays isolated
+        assert await uow.repo(ProjectRepository).find_by_id(project.id) is None
+
+
 # -- operations under load ----------------------------------------------------------------------
 
 
