@@ -150,7 +150,7 @@ async def test_a_transaction_of_another_database_is_independent(db: Database, db
 # Each module may import only modules of its own layer or below. Tooling (migrate, seed,
 # queries check/gen, health, devdb, testing, cli) sits above the runtime.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "log", "tenancy", "driver", "session", "sqlsplit"},
+    {"errors", "config", "log", "telemetry", "tenancy", "driver", "session"},
     {"pool", "replicas", "metrics"},
     {"queries", "executor"},
     {"uow"},
