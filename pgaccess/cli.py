@@ -57,17 +57,16 @@ def add_dsn(p: argparse.ArgumentParser) -> None:
     )
 
 
-async def resolve_dsn(dsn: str | None) -> str:
+async def resolve_dsn(dsn: str | None, *, check: bool = True) -> str:
     """--dsn, then DATABASE_URL, then the embedded development cluster in the project's root.
 
     A DSN naming the socket directory of a stopped cluster raises ConfigError that says how
-    to start it."""
+    to start it (``check=False`` for health, where a stopped server is a result: down)."""
     from .devdb import check_socket, dev_dsn
 
-    if dsn:
-        return check_socket(dsn)
-    if env := os.environ.get("DATABASE_URL"):
-        return check_socket(env)
+    given = dsn or os.environ.get("DATABASE_URL")
+    if given:
+        return check_socket(given) if check else given
     return await dev_dsn(load_project().root)
 
 

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def body() -> int:
         project = load_project(migrations=args.migrations)
-        dsn = await resolve_dsn(args.dsn)
+        dsn = await resolve_dsn(args.dsn, check=False)
         db = Database(Settings(min_size=0, connect_retry_budget=min(args.timeout, 1.0),
                                connect_timeout=args.timeout), dsn=dsn)
         await db.pool.open()
