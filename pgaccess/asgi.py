@@ -8,7 +8,8 @@ FastAPI flavour (needs the ``asgi`` extra)::
     app.add_middleware(TenantMiddleware, db=db)
 
 ``TenantMiddleware`` resolves the request's tenant from ``X-Tenant-ID`` or, failing that,
-from the host name via ``TenantRepository.find_by_domain`` (cached for a short TTL), answers
+from the host name through a resolver (default :class:`TenantTable`: ``public.tenants``;
+cached for a short TTL), answers
 400 for a malformed id, 404 for an unknown tenant and 403 for a suspended or archived one,
 and otherwise sets ``TenantContext`` for the request, so every unit of work inside runs as
 that tenant.
@@ -20,10 +21,10 @@ import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from uuid import UUID
 
-from .errors import TenantError
+from .errors import ConfigError, TenantError
 from .health import HealthReport, check
 from .tenancy import TenantContext, parse_tenant_id
 
@@ -97,17 +98,64 @@ def health_router(db: Database, **options: Any) -> Any:
     return router
 
 
+class TenantInfo(NamedTuple):
+    """What a resolver says about a tenant: its id and status ("active" serves requests)."""
+
+    id: UUID
+    status: str
+
+
+class TenantResolver(Protocol):
+    """Finds the tenant of a request by id (``X-Tenant-ID``) or by host name."""
+
+    async def by_id(self, db: Database, tenant_id: UUID) -> TenantInfo | None: ...
+
+    async def by_host(self, db: Database, host: str) -> TenantInfo | None: ...
+
+
+class TenantTable:
+    """The default resolver: a table of tenants with ``id``, ``domain`` and ``status``.
+
+    The lookup is schema-qualified and runs as an autocommit statement, so it starts from a
+    reset session like any other (nothing a request left on a pooled connection - a
+    temporary table named like this one, say - can answer it).
+    """
+
+    def __init__(self, table: str = "public.tenants", *, id_column: str = "id",
+                 domain_column: str = "domain", status_column: str = "status") -> None:
+        from .repository import ident
+
+        if "." not in table:
+            raise ConfigError(f"tenant table {table!r}: name its schema, e.g. 'public.{table}'")
+        select = f"SELECT {ident(id_column)}, {ident(status_column)}::text FROM {ident(table)}"
+        self._by_id = f"{select} WHERE {ident(id_column)} = $1"
+        self._by_host = f"{select} WHERE {ident(domain_column)} = $1"
+
+    async def _one(self, db: Database, sql: str, key: Any) -> TenantInfo | None:
+        row = await db.autocommit(readonly=True).run("fetchrow", sql, (key,),
+                                                     "TenantTable.lookup", vetted=True)
+        return None if row is None else TenantInfo(row[0], row[1])
+
+    async def by_id(self, db: Database, tenant_id: UUID) -> TenantInfo | None:
+        return await self._one(db, self._by_id, tenant_id)
+
+    async def by_host(self, db: Database, host: str) -> TenantInfo | None:
+        return await self._one(db, self._by_host, host)
+
+
 class TenantMiddleware:
     """Resolve and enforce the tenant of each HTTP request (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, db: Database, *, header: str = "x-tenant-id",
-                 cache_ttl: float = 30.0, exempt_prefixes: tuple[str, ...] = ("/health", "/metrics")) -> None:
+    def __init__(self, app: ASGIApp, db: Database, *, resolver: TenantResolver | None = None,
+                 header: str = "x-tenant-id", cache_ttl: float = 30.0,
+                 exempt_prefixes: tuple[str, ...] = ("/health", "/metrics")) -> None:
         self.app = app
         self.db = db
+        self.resolver = resolver or TenantTable()
         self.header = header.lower().encode()
         self.cache_ttl = cache_ttl
         self.exempt = exempt_prefixes
-        self._cache: dict[str, tuple[float, UUID | None, str | None]] = {}
+        self._cache: dict[str, tuple[float, TenantInfo | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "").startswith(self.exempt):
@@ -117,49 +165,35 @@ class TenantMiddleware:
         raw = headers.get(self.header)
         try:
             if raw is not None:
-                tenant_id, status = await self._by_id(raw.decode("latin-1"))
+                tenant_id = parse_tenant_id(raw.decode("latin-1").strip())
+                info = await self._cached(f"id:{tenant_id}", self.resolver.by_id, tenant_id)
             else:
-                host = headers.get(b"host", b"").decode("latin-1").split(":", 1)[0]
-                tenant_id, status = await self._by_domain(host)
+                host = headers.get(b"host", b"").decode("latin-1").split(":", 1)[0].strip().lower()
+                info = await self._cached(f"host:{host}", self.resolver.by_host, host) if host else None
         except TenantError as exc:
             await _send_json(send, 400, {"detail": str(exc)})
             return
-        if tenant_id is None:
+        if info is None:
             await _send_json(send, 404, {"detail": "unknown tenant"})
             return
-        if status != "active":
-            await _send_json(send, 403, {"detail": f"tenant is {status}"})
+        if info.status != "active":
+            await _send_json(send, 403, {"detail": f"tenant is {info.status}"})
             return
-        token = TenantContext.set(tenant_id)
+        token = TenantContext.set(info.id)
         try:
             await self.app(scope, receive, send)
         finally:
             TenantContext.reset(token)
 
-    async def _lookup(
-        self, key: str, fetch: Callable[[Any], Awaitable[Any]]
-    ) -> tuple[UUID | None, str | None]:
-        hit = self._cache.get(key)
+    async def _cached(self, key: str, lookup: Callable[[Database, Any], Awaitable[TenantInfo | None]],
+                      value: Any) -> TenantInfo | None:
         now = time.monotonic()
+        hit = self._cache.get(key)
         if hit and now - hit[0] < self.cache_ttl:
-            return hit[1], hit[2]
-        from .reference import TenantRepository
-
-        async with self.db.transaction(readonly=True) as uow:
-            tenant = await fetch(uow.repo(TenantRepository))
-        result = (tenant.id, tenant.status) if tenant is not None else (None, None)
-        self._cache[key] = (now, *result)
-        return result
-
-    async def _by_id(self, raw: str) -> tuple[UUID | None, str | None]:
-        tenant_id = parse_tenant_id(raw.strip())
-        return await self._lookup(f"id:{tenant_id}", lambda repo: repo.find_by_id(tenant_id))
-
-    async def _by_domain(self, host: str) -> tuple[UUID | None, str | None]:
-        host = host.strip().lower()
-        if not host:
-            return None, None
-        return await self._lookup(f"host:{host}", lambda repo: repo.find_by_domain(host))
+            return hit[1]
+        info = await lookup(self.db, value)
+        self._cache[key] = (now, info)
+        return info
 
 
 def metrics_app(db: Database) -> ASGIApp:
