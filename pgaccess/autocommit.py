@@ -70,11 +70,19 @@ class Autocommit(Executor):
                 options["tenant"] = self.tenant
             async with TransactionContext(runtime, options, independent=True) as uow:
                 return await uow.run(method, sql, args, name, vetted=vetted)
-        con = await open_session(runtime, pool, self.acquire_timeout,
-                                 self._opening)
+        telemetry = runtime.telemetry
+        traced = (None if telemetry is None
+                  else telemetry.statement(pool, sql, name, vetted, None, self.tenant))
+        try:
+            con = await open_session(runtime, pool, self.acquire_timeout, self._opening,
+                                     None if traced is None else traced.span)
+        except BaseException as exc:
+            if traced is not None:
+                telemetry.end_statement(traced, None, exc)  # type: ignore[union-attr]
+            raise
         raw = raw_connection(con)
         try:
-            result = await self._timed(raw, method, sql, args, name, vetted)
+            result = await self._timed(raw, method, sql, args, name, vetted, traced)
         except BaseException as exc:
             if isinstance(exc, ConnectionLost) or not isinstance(exc, PgAccessError):
                 await pool.discard(con)  # cancelled or lost mid-statement

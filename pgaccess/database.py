@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
 from tenacity import (
     AsyncRetrying,
@@ -45,6 +45,9 @@ from .replicas import ReplicaSet
 from .tenancy import TenantContext, parse_tenant_id
 from .uow import TransactionContext, TransactionOptions, UnitOfWork, background_commits_done
 
+if TYPE_CHECKING:
+    from .telemetry import Telemetry
+
 log = get_logger("database")
 
 T = TypeVar("T")
@@ -64,6 +67,7 @@ class Database:
         log_queries: bool = False,
         tenant_set_local: bool = False,
         metrics: Any = None,
+        telemetry: Telemetry | None = None,
         replica_dsns: list[str] | None = None,
         max_replica_lag: float = 5.0,
         read_your_writes: float = 0.0,
@@ -72,7 +76,10 @@ class Database:
         """``check_prepared_statements``: when a checkout's opening verifies that the session
         holds no prepared statement made by SQL (see :mod:`pgaccess.session`) - after a
         checkout that ran raw SQL text (default), or on every checkout ("always", for
-        databases whose own functions build SQL from data)."""
+        databases whose own functions build SQL from data).
+
+        ``metrics``: a :class:`pgaccess.metrics.Metrics` (Prometheus). ``telemetry``: a
+        :class:`pgaccess.telemetry.Telemetry` (OpenTelemetry traces and metrics)."""
         settings = settings or Settings.from_env()
         if dsn is not None or admin_dsn is not None:
             settings = settings.replace(
@@ -92,11 +99,13 @@ class Database:
                       if replica_dsns else None),
             queries=queries,
             metrics=metrics,
+            telemetry=telemetry,
             log_queries=log_queries,
             tenant_set_local=tenant_set_local,
             read_your_writes=read_your_writes,
             check_prepared_statements=check_prepared_statements,
         )
+        self._attach_observers()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -150,6 +159,26 @@ class Database:
     @metrics.setter
     def metrics(self, value: Any) -> None:
         self.runtime.metrics = value
+        self._attach_observers()
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        return self.runtime.telemetry
+
+    def _pools(self) -> list[Pool]:
+        runtime = self.runtime
+        return [p for p in (runtime.pool, runtime.admin_pool,
+                            *(runtime.replicas.pools if runtime.replicas else ())) if p is not None]
+
+    def _attach_observers(self) -> None:
+        """Give every pool the metrics objects that measure checkouts and connects."""
+        runtime = self.runtime
+        observers = [o for o in (runtime.telemetry, runtime.metrics)
+                     if hasattr(o, "observe_pool_wait")]
+        for pool in self._pools():
+            pool.observers = list(observers)
+            if runtime.telemetry is not None:
+                runtime.telemetry.watch(pool)
 
     # -- executors -----------------------------------------------------------------------
 
@@ -214,7 +243,9 @@ class Database:
             reraise=True,
         ):
             with attempt:
-                async with TransactionContext(self.runtime, options or {}) as uow:
+                context = TransactionContext(self.runtime, options or {})
+                context.retries = attempt.retry_state.attempt_number - 1
+                async with context as uow:
                     result = await fn(uow, *args, **kwargs)
         return result  # type: ignore[return-value]
 

@@ -30,12 +30,15 @@ from .log import get_logger, log_query
 from .pool import Pool, PooledConnection, raw_connection
 from .replicas import ReplicaSet, last_write_at
 from .session import TAMPERED_MARKER, tenant_value
+from .telemetry import trace_fields
 
 if TYPE_CHECKING:
     from .queries import BoundQueries, QuerySet
     from .repository import BaseRepository
+    from .telemetry import Telemetry
 
 log = get_logger("executor")
+_query_log = get_logger("query")
 
 # What the driver raises: server errors, client/protocol errors, and socket errors.
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
@@ -50,7 +53,7 @@ class Runtime:
 
     __slots__ = ("__weakref__", "active", "admin_pool", "check_always", "log_all", "metrics",
                  "pool", "queries", "read_your_writes", "replicas", "settings", "slow_ms",
-                 "tenant_set_local")
+                 "telemetry", "tenant_set_local")
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class Runtime:
         replicas: ReplicaSet | None = None,
         queries: QuerySet | None = None,
         metrics: Any = None,
+        telemetry: Telemetry | None = None,
         log_queries: bool = False,
         tenant_set_local: bool = False,
         read_your_writes: float = 0.0,
@@ -78,6 +82,7 @@ class Runtime:
         self.replicas = replicas
         self.queries = queries
         self.metrics = metrics
+        self.telemetry = telemetry  # None: no tracing, no OpenTelemetry import
         self.log_all = log_queries
         self.slow_ms = settings.slow_query_ms
         # SET LOCAL instead of set_config() for the tenant (Citus propagates SET LOCAL).
@@ -128,18 +133,28 @@ def is_tampered(exc: BaseException) -> bool:
 
 
 async def open_session(runtime: Runtime, pool: Pool, acquire_timeout: float | None,
-                       build: Any) -> PooledConnection:
+                       build: Any, span: Any = None) -> PooledConnection:
     """Acquire a connection and run its opening round trip ``build(con)``.
+
+    ``span``: the telemetry span the checkout belongs to (a wait for a connection is
+    recorded under it, and its trace context can travel in the opening's SQL comment).
 
     A connection whose session was tampered with (a hijacked prepared statement) is
     terminated and another one tried - the tampering is caught before any statement of
     this caller runs. Any other failure of the opening discards the connection and raises.
     """
+    telemetry = runtime.telemetry
     for _ in range(pool.settings.max_size + 1):
-        con = await pool.acquire(acquire_timeout, reset=False)
+        if telemetry is None:
+            con = await pool.acquire(acquire_timeout, reset=False)
+        else:
+            con = await telemetry.acquire(pool, acquire_timeout, span)
         raw = raw_connection(con)
         try:
-            await raw.execute(build(con))
+            sql = build(con)
+            if telemetry is not None:
+                sql += telemetry.comment(span)
+            await raw.execute(sql)
             raw._pga_raw_sql = False
             return con
         except BaseException as exc:
@@ -190,8 +205,10 @@ class Executor:
         raise NotImplementedError
 
     async def _timed(self, con: Any, method: Method, sql: str, args: Sequence[Any],
-                     name: str | None, vetted: bool) -> Any:
-        """The statement itself, logged and measured (shared by both executors)."""
+                     name: str | None, vetted: bool, traced: Any = None) -> Any:
+        """The statement itself, logged and measured (shared by both executors).
+
+        ``traced``: its telemetry record (see :meth:`Telemetry.statement`), ended here."""
         if not vetted:
             con._pga_raw_sql = True  # before it runs: it may fail half-way or be cancelled
         runtime = self.runtime
@@ -200,14 +217,25 @@ class Executor:
             result = await getattr(con, method)(sql, *args)
         except DRIVER_ERRORS as exc:
             err = from_asyncpg(exc, name or _first_line(sql))
-            log_query(name or _first_line(sql), _ms(start), runtime.slow_ms, error=err)
+            seconds = time.perf_counter() - start
+            if traced is not None:
+                runtime.telemetry.end_statement(traced, seconds, err)  # type: ignore[union-attr]
+            _log(name or _first_line(sql), seconds * 1000, runtime.slow_ms, traced, error=err)
             raise err from exc
-        duration = _ms(start)
+        except BaseException as exc:  # cancelled: the span still ends
+            if traced is not None:
+                runtime.telemetry.end_statement(  # type: ignore[union-attr]
+                    traced, time.perf_counter() - start, exc)
+            raise
+        seconds = time.perf_counter() - start
+        if traced is not None:
+            runtime.telemetry.end_statement(traced, seconds)  # type: ignore[union-attr]
+        duration = seconds * 1000
         if runtime.log_all or duration >= runtime.slow_ms:
             rows = len(result) if isinstance(result, list) else None
-            log_query(name or _first_line(sql), duration, runtime.slow_ms, rows=rows)
+            _log(name or _first_line(sql), duration, runtime.slow_ms, traced, rows=rows)
         if runtime.metrics is not None:
-            runtime.metrics.observe_query(name or "sql", duration / 1000)
+            runtime.metrics.observe_query(name or "sql", seconds)
         return result
 
     async def fetch(self, sql: str, *args: Any, name: str | None = None) -> list[asyncpg.Record]:
@@ -238,8 +266,23 @@ class Executor:
         return repository(self)
 
 
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
+def _log(name: str, duration_ms: float, slow_ms: float, traced: Any,
+         rows: int | None = None, error: BaseException | None = None) -> None:
+    """The query event; a slow or failed one carries the trace id when a span is active."""
+    slow = error is not None or (slow_ms and duration_ms >= slow_ms)
+    trace = trace_fields(getattr(traced, "span", None)) if slow else {}
+    if not trace:
+        log_query(name, duration_ms, slow_ms, rows=rows, error=error)
+        return
+    # log_query has no room for extra fields (pgaccess.log is owned elsewhere): the same
+    # events, on the same logger, with the trace id added.
+    fields: dict[str, Any] = {"query": name, "duration_ms": round(duration_ms, 3)}
+    if rows is not None:
+        fields["rows"] = rows
+    if error is not None:
+        _query_log.warning("query_failed", error=type(error).__name__, **fields, **trace)
+    else:
+        _query_log.warning("slow_query", threshold_ms=slow_ms, **fields, **trace)
 
 
 def _first_line(sql: str) -> str:

@@ -194,6 +194,9 @@ class Pool:
         self.distributed = False
         self._probed = False
         self._pinned = pinned_settings(settings)
+        # Metrics hooks (pgaccess.telemetry, pgaccess.metrics): objects with
+        # observe_pool_wait/_use/_connect(pool_name, seconds). Empty: nothing is measured.
+        self.observers: list[Any] = []
 
     # -- opening -----------------------------------------------------------------------
 
@@ -236,6 +239,7 @@ class Pool:
     async def _connect(self, *args: Any, **kwargs: Any) -> Connection:
         budget = self.settings.connect_retry_budget
         attempt = 0
+        started = time.perf_counter()
         try:
             async for attempt_state in AsyncRetrying(
                 stop=stop_after_delay(budget),
@@ -261,6 +265,8 @@ class Pool:
                 f"attempts in {budget:g}s, PGACCESS_CONNECT_RETRY_BUDGET); is the server up?"
             ) from last
         self._opened += 1
+        for observer in self.observers:
+            observer.observe_pool_connect(self.name, time.perf_counter() - started)
         lifetime = self.settings.max_lifetime
         if lifetime:
             con._pga_retire_at = time.monotonic() + lifetime * (1 - 0.2 * random.random())
@@ -330,6 +336,9 @@ class Pool:
             # A free holder is waiting: taking it never blocks (a reconnect is bounded by
             # connect_timeout), so no timer and no wait accounting. This is the hot path.
             proxy = await pool.acquire()
+            if self.observers:
+                for observer in self.observers:
+                    observer.observe_pool_wait(self.name, 0.0)
         else:
             proxy = await self._acquire_waiting(pool, timeout)
         self._acquires += 1
@@ -341,6 +350,8 @@ class Pool:
                 raise
         if self.settings.check_on_acquire:
             proxy = await self._checked(pool, proxy, timeout)
+        if self.observers:
+            raw_connection(proxy)._pga_acquired_at = time.monotonic()
         if self.settings.leak_threshold:
             con = raw_connection(proxy)
             con._pga_acquired_at = time.monotonic()
@@ -391,7 +402,10 @@ class Pool:
             ) from None
         finally:
             self._waiting -= 1
-            self._wait_s += time.perf_counter() - start
+            waited = time.perf_counter() - start
+            self._wait_s += waited
+        for observer in self.observers:
+            observer.observe_pool_wait(self.name, waited)
         return proxy
 
     async def _checked(
@@ -424,6 +438,10 @@ class Pool:
         if pool is None:
             return
         raw = raw_connection(con)
+        if self.observers and raw is not None and raw._pga_acquired_at:
+            used = time.monotonic() - raw._pga_acquired_at
+            for observer in self.observers:
+                observer.observe_pool_use(self.name, used)
         if (self._fast and raw is not None and raw._pga_retire_at > time.monotonic()
                 and driver.can_release_in_task(raw)):
             await driver.release_in_task(con)

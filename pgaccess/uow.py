@@ -68,7 +68,7 @@ class TransactionOptions(TypedDict, total=False):
 class UnitOfWork(Executor):
     """One transaction on one connection. Obtain it from ``db.transaction()``."""
 
-    __slots__ = ("_con", "_on_commit", "_raw", "_savepoints", "_state", "_task",
+    __slots__ = ("_con", "_on_commit", "_raw", "_savepoints", "_span", "_state", "_task",
                  "isolation", "pool", "readonly")
 
     def __init__(self, runtime: Runtime, pool: Pool, *, tenant: UUID | None, system: bool,
@@ -83,6 +83,7 @@ class UnitOfWork(Executor):
         self._state: Literal["new", "active", "done"] = "new"
         self._on_commit: list[Callable[[], Awaitable[Any] | Any]] = []
         self._savepoints = 0
+        self._span: Any = None  # telemetry: the transaction's span, or the open savepoint's
 
     # -- guards --------------------------------------------------------------------------
 
@@ -121,7 +122,11 @@ class UnitOfWork(Executor):
         raw = self._raw
         if self._state != "active" or raw is None or asyncio.current_task() is not self._task:
             self._check()  # raises the right error
-        return await self._timed(raw, method, sql, args, name, vetted)
+        telemetry = self.runtime.telemetry
+        if telemetry is None:
+            return await self._timed(raw, method, sql, args, name, vetted)
+        traced = telemetry.statement(self.pool, sql, name, vetted, self._span, self.tenant)
+        return await self._timed(raw, method, sql, args, name, vetted, traced)
 
     async def copy_records_to_table(self, table: str, *, records: Any, columns: Sequence[str],
                                     schema_name: str | None = None, name: str | None = None) -> str:
@@ -180,7 +185,7 @@ class UnitOfWork(Executor):
                                local_settings=local, guard=runtime.needs_guard(con),
                                set_local=runtime.tenant_set_local or pool.distributed)
 
-        self._con = await open_session(runtime, pool, acquire_timeout, opening)
+        self._con = await open_session(runtime, pool, acquire_timeout, opening, self._span)
         self._raw = raw_connection(self._con)
         self._task = asyncio.current_task()
         self._state = "active"
@@ -287,16 +292,23 @@ class Savepoint:
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
         self.name = ""
+        self._outer_span: Any = None
 
     async def __aenter__(self) -> UnitOfWork:
-        con = self.uow._check()
-        self.uow._savepoints += 1
-        self.name = f"pgaccess_sp_{self.uow._savepoints}"
+        uow = self.uow
+        con = uow._check()
+        uow._savepoints += 1
+        self.name = f"pgaccess_sp_{uow._savepoints}"
+        telemetry = uow.runtime.telemetry
+        if telemetry is not None and uow._span is not None:
+            self._outer_span, uow._span = uow._span, telemetry.savepoint_span(uow._span)
         try:
             await con.execute(f"SAVEPOINT {self.name}")
         except DRIVER_ERRORS as err:
-            raise from_asyncpg(err, "SAVEPOINT") from err
-        return self.uow
+            error = from_asyncpg(err, "SAVEPOINT")
+            self._end_span(False, error)
+            raise error from err
+        return uow
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         con = self.uow._check()
@@ -306,7 +318,17 @@ class Savepoint:
             else:
                 await con.execute(f"ROLLBACK TO SAVEPOINT {self.name}")
         except DRIVER_ERRORS as err:
-            raise from_asyncpg(err, "SAVEPOINT") from err
+            error = from_asyncpg(err, "SAVEPOINT")
+            self._end_span(False, error)
+            raise error from err
+        self._end_span(exc_type is None, exc)
+
+    def _end_span(self, released: bool, error: BaseException | None) -> None:
+        if self._outer_span is None:
+            return
+        uow = self.uow
+        span, uow._span, self._outer_span = uow._span, self._outer_span, None
+        uow.runtime.telemetry.end_savepoint(span, released, error)  # type: ignore[union-attr]
 
 
 def check_options(options: TransactionOptions) -> None:
@@ -332,7 +354,8 @@ class TransactionContext:
     ``independent=True`` never nests into an open unit of work (its own connection).
     """
 
-    __slots__ = ("_savepoint", "_token", "_uow", "independent", "options", "runtime", "tenant")
+    __slots__ = ("_savepoint", "_token", "_uow", "independent", "options", "retries",
+                 "runtime", "tenant")
 
     def __init__(self, runtime: Runtime, options: TransactionOptions, *,
                  independent: bool = False) -> None:
@@ -345,6 +368,7 @@ class TransactionContext:
         self._uow: UnitOfWork | None = None
         self._savepoint: Savepoint | None = None
         self._token: Any = None
+        self.retries = 0  # earlier attempts (run_in_transaction), for telemetry
 
     def _resolved_tenant(self) -> UUID | None:
         if self.options.get("system"):
@@ -388,8 +412,18 @@ class TransactionContext:
                                 primary=bool(opts.get("primary", False)))
         uow = UnitOfWork(runtime, pool, tenant=self._resolved_tenant(), system=system,
                          isolation=isolation, readonly=readonly)
-        await uow._begin(begin_sql(isolation, readonly, bool(opts.get("deferrable", False))),
-                         opts.get("timeout"), opts.get("acquire_timeout"))
+        telemetry = runtime.telemetry
+        if telemetry is not None:
+            uow._span = telemetry.transaction_span(
+                pool, isolation=isolation, readonly=readonly, system=system,
+                retries=self.retries, tenant=uow.tenant)
+        try:
+            await uow._begin(begin_sql(isolation, readonly, bool(opts.get("deferrable", False))),
+                             opts.get("timeout"), opts.get("acquire_timeout"))
+        except BaseException as exc:
+            if uow._span is not None:
+                telemetry.end_transaction(uow._span, "error", exc)  # type: ignore[union-attr]
+            raise
         self._uow = uow
         self._token = runtime.active.set(uow)
         return uow
@@ -401,6 +435,21 @@ class TransactionContext:
         uow = self._uow
         assert uow is not None
         self.runtime.active.reset(self._token)
+        span = uow._span
+        if span is None:
+            await self._finish(uow, exc_type, exc)
+            return
+        outcome, error = ("commit", None) if exc_type is None else ("rollback", exc)
+        try:
+            await self._finish(uow, exc_type, exc)
+        except BaseException as failure:  # the COMMIT failed, or the typed error
+            outcome, error = "rollback", failure
+            raise
+        finally:
+            uow._span = None
+            self.runtime.telemetry.end_transaction(span, outcome, error)  # type: ignore[union-attr]
+
+    async def _finish(self, uow: UnitOfWork, exc_type: Any, exc: Any) -> None:
         if exc_type is None:
             await uow._commit()
             if not uow.readonly:
