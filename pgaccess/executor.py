@@ -119,7 +119,15 @@ class Runtime:
 
     def tenant_value(self, tenant: UUID | None, con: PooledConnection) -> str:
         if tenant is not None and self.settings.tenant_signing_key is not None:
-            return tenant_value(self.settings, tenant, raw_connection(con).get_server_pid())
+            session_id = raw_connection(con)._pga_session_id
+            if session_id is None:
+                raise ConfigError(
+                    "a signed tenant context is bound to one server session, and this "
+                    "connection has none of its own (a transaction pooler such as PgBouncer "
+                    "hands each transaction to any server connection): connect directly, "
+                    "or switch signing off (PGACCESS_TENANT_SIGNING_KEY)"
+                )
+            return tenant_value(self.settings, tenant, session_id)
         return "" if tenant is None else str(tenant)
 
     def note_write(self) -> None:

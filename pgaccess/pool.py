@@ -52,7 +52,8 @@ log = get_logger("pool")
 class Connection(asyncpg.Connection):
     """asyncpg connection with the bookkeeping the pool needs (retire-at, leak tracking)."""
 
-    __slots__ = ("_pga_acquired_at", "_pga_raw_sql", "_pga_retire_at", "_pga_stack")
+    __slots__ = ("_pga_acquired_at", "_pga_raw_sql", "_pga_retire_at", "_pga_session_id",
+                 "_pga_stack")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -61,6 +62,8 @@ class Connection(asyncpg.Connection):
         self._pga_stack: list[str] | None = None
         # SQL text from outside pgaccess ran here since the last opening (see session).
         self._pga_raw_sql = False
+        # What app.session_id() returns here, for the signed tenant context (see _init).
+        self._pga_session_id: int | None = None
 
 
 PooledConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[Any]"
@@ -209,7 +212,7 @@ class Pool:
                 max_size=s.max_size,
                 max_inactive_connection_lifetime=300.0,
                 connect=self._connect,
-                init=init_json_codecs,
+                init=self._init,
                 reset=self._reset,
                 connection_class=Connection,
                 statement_cache_size=s.statement_cache_size,
@@ -235,6 +238,18 @@ class Pool:
                              "slower public path")
         log.info("pool_opened", pool=self.name, dsn=redact(self.dsn), max_size=s.max_size)
         return self
+
+    async def _init(self, con: asyncpg.Connection) -> None:
+        assert isinstance(con, Connection)
+        await init_json_codecs(con)
+        if self.settings.tenant_signing_key is not None and self.session_settings:
+            try:
+                con._pga_session_id = await con.fetchval("SELECT app.session_id()")
+            except asyncpg.UndefinedFunctionError as exc:
+                raise ConnectError(
+                    "a signing key is configured but the database has no app.session_id(): "
+                    "apply pgaccess's core schema (pgaccess migrate up)"
+                ) from exc
 
     async def _connect(self, *args: Any, **kwargs: Any) -> Connection:
         budget = self.settings.connect_retry_budget

@@ -118,9 +118,11 @@ def begin_sql(isolation: str, readonly: bool, deferrable: bool) -> str:
     return f"BEGIN ISOLATION LEVEL {level} {mode}"
 
 
-def tenant_value(settings: Settings, tenant: UUID | None, backend_pid: int) -> str:
+def tenant_value(settings: Settings, tenant: UUID | None, session_id: int) -> str:
     """What goes into the tenant setting: '' (no tenant), the UUID, or - with a signing key -
-    ``<uuid>.<backend pid>.<ms since epoch>.<HMAC-SHA256>``, valid only on that backend and
+    ``<uuid>.<session id>.<ms since epoch>.<HMAC-SHA256>`` (the session id is what
+    ``app.session_id()`` returns: the backend pid, or Citus's global pid), valid only on that
+    backend and
     only in a transaction that starts within the database's allowed skew of that time
     (migration 0005), so a value read from ``pg_stat_activity`` cannot be replayed from
     another session or later on the same one."""
@@ -132,7 +134,7 @@ def tenant_value(settings: Settings, tenant: UUID | None, backend_pid: int) -> s
     import hashlib
     import hmac
 
-    payload = f"{text}.{backend_pid}.{int(time.time() * 1000)}"
+    payload = f"{text}.{session_id}.{int(time.time() * 1000)}"
     key = bytes.fromhex(settings.tenant_signing_key)
     return f"{payload}.{hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()}"
 

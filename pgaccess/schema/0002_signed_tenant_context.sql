@@ -19,12 +19,26 @@ CREATE TABLE IF NOT EXISTS app_private.tenant_signing_key (
 ALTER TABLE app_private.tenant_signing_key
     ADD COLUMN IF NOT EXISTS max_skew_ms integer NOT NULL DEFAULT 1000 CHECK (max_skew_ms BETWEEN 1 AND 60000);
 
+-- The session a signed tenant context is bound to: the backend pid, or on Citus the global
+-- pid, which the worker backends executing a coordinator backend's statements share with it.
+CREATE OR REPLACE FUNCTION app.session_id() RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $fn$
+BEGIN
+    IF to_regproc('pg_catalog.citus_backend_gpid') IS NOT NULL THEN
+        RETURN citus_backend_gpid();
+    END IF;
+    RETURN pg_backend_pid();
+END
+$fn$;
+
 -- Replaced only when missing or older than the session-bound format, so settings given to
 -- the function later (Citus: allow_nested_distributed_execution) survive upgrades.
 DO $verified$
 BEGIN
     IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('app.verified_tenant_id()')
-               AND prosrc LIKE '%pg_backend_pid()%') THEN
+               AND prosrc LIKE '%app.session_id()%') THEN
         RETURN;
     END IF;
     CREATE OR REPLACE FUNCTION app.verified_tenant_id() RETURNS uuid
@@ -53,7 +67,7 @@ BEGIN
                 USING ERRCODE = '42501',
                       HINT = 'set the tenant through pgaccess with PGACCESS_TENANT_SIGNING_KEY configured';
         END IF;
-        IF parts[2]::integer <> pg_backend_pid() THEN
+        IF parts[2]::bigint <> app.session_id() THEN
             RAISE EXCEPTION 'tenant context was signed for another session'
                 USING ERRCODE = '42501', HINT = 'a signed tenant context is valid only on the connection it was issued for';
         END IF;
