@@ -104,7 +104,7 @@ async def test_database_from_before_0005_gets_the_session_bound_verifier(empty_d
     await Migrator(empty_dsn, NEW).up()
     con = await asyncpg.connect(empty_dsn)
     try:
-        assert "pg_backend_pid()" in await con.fetchval(
+        assert "app.session_id()" in await con.fetchval(
             "SELECT prosrc FROM pg_proc WHERE oid = 'app.verified_tenant_id()'::regprocedure")
         assert await con.fetchval("SELECT count(*) FROM information_schema.columns WHERE "
                                   "table_schema = 'app_private' AND column_name = 'max_skew_ms'") == 1

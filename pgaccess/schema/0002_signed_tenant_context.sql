@@ -36,9 +36,17 @@ $fn$;
 -- Replaced only when missing or older than the session-bound format, so settings given to
 -- the function later (Citus: allow_nested_distributed_execution) survive upgrades.
 DO $verified$
+DECLARE
+    current text := (SELECT pg_get_functiondef(oid) FROM pg_proc
+                     WHERE oid = to_regprocedure('app.verified_tenant_id()'));
 BEGIN
-    IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('app.verified_tenant_id()')
-               AND prosrc LIKE '%app.session_id()%') THEN
+    IF current LIKE '%app.session_id()%' THEN
+        RETURN;
+    END IF;
+    IF current LIKE '%parts[2]::integer <> pg_backend_pid()%' THEN
+        -- The session-bound verifier bound to the plain pid: rebind it, keeping its settings.
+        EXECUTE replace(current, 'parts[2]::integer <> pg_backend_pid()',
+                        'parts[2]::bigint <> app.session_id()');
         RETURN;
     END IF;
     CREATE OR REPLACE FUNCTION app.verified_tenant_id() RETURNS uuid
