@@ -15,9 +15,12 @@ app role), ``db_tx`` (function: faster, everything in one transaction rolled bac
 end), ``tenant`` / ``other_tenant`` (two tenants of the project's tenant table), and
 ``as_tenant`` (``tenant_scope``: ``with as_tenant(tenant): ...``).
 
-Point them at your own project with ini options (``pgaccess_migrations``, ``pgaccess_sql``,
-``pgaccess_seeders``, ``pgaccess_tenant_table``, ``pgaccess_tenants``) or by overriding
-``pgaccess_project`` / ``pgaccess_tenant_choice`` in a conftest.
+The project's layout, role names, tenant table and fixture tenants come from
+``[tool.pgaccess]`` in the ``pyproject.toml`` at or above pytest's rootdir
+(:mod:`pgaccess.project`). The ini options ``pgaccess_migrations``, ``pgaccess_sql``,
+``pgaccess_seeders``, ``pgaccess_seed_env``, ``pgaccess_tenant_table`` and
+``pgaccess_tenants`` override it for the tests only; a conftest can override the
+``pgaccess_project`` / ``pgaccess_tenant_choice`` fixtures.
 """
 
 from __future__ import annotations
@@ -37,8 +40,6 @@ from .autocommit import Autocommit
 from .config import Settings, with_database
 from .database import Database
 from .devdb.clone import (
-    ADMIN_ROLE,
-    APP_ROLE,
     Project,
     build_template,
     clone_database,
@@ -49,9 +50,10 @@ from .devdb.clone import (
 )
 from .devdb.fixture_tenants import TenantChoice, fixture_tenants
 from .devdb.servers import ThrowawayServer, start_test_server
-from .errors import ConfigError
+from .errors import ConfigError, PgAccessError
 from .executor import Method, Runtime
 from .pool import raw_connection
+from .project import ProjectConfig, load_project, read_table
 from .tenancy import tenant_scope
 from .uow import TransactionContext, TransactionOptions, UnitOfWork
 
@@ -64,22 +66,32 @@ class Template:
     tenants: tuple[Any, ...]
 
 
-def _ini_path(config: pytest.Config, name: str, default: str) -> Path | None:
-    raw = config.getini(name) or default
-    path = Path(str(raw))
+def _project_config(config: pytest.Config) -> ProjectConfig:
+    """``[tool.pgaccess]`` of the project pytest runs in (environment variables apply)."""
+    return load_project(start=Path(str(config.rootpath)))
+
+
+def _directory(config: pytest.Config, ini: str, configured: Path) -> Path | None:
+    """The ini option when set (relative to the rootdir), else the project's value; None
+    when that directory does not exist."""
+    raw = str(config.getini(ini) or "")
+    path = Path(raw) if raw else configured
     if not path.is_absolute():
         path = Path(str(config.rootpath)) / path
-    return path if path.exists() else None
+    return path if path.is_dir() else None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini("pgaccess_migrations", "migrations directory", default="migrations")
-    parser.addini("pgaccess_sql", "named SQL directory", default="sql")
-    parser.addini("pgaccess_seeders", "seeders directory", default="seeders")
-    parser.addini("pgaccess_seed_env", "environment given to seeders", default="test")
-    parser.addini("pgaccess_tenant_table", "the project's tenant table", default="tenants")
+    unset = " (default: [tool.pgaccess] in pyproject.toml)"
+    parser.addini("pgaccess_migrations", "migrations directory" + unset, default="")
+    parser.addini("pgaccess_sql", "named SQL directory" + unset, default="")
+    parser.addini("pgaccess_seeders", "seeders directory" + unset, default="")
+    parser.addini("pgaccess_seed_env", "environment given to seeders (default: test, or "
+                  "seed_env of [tool.pgaccess] when set there)", default="")
+    parser.addini("pgaccess_tenant_table", "the project's tenant table" + unset, default="")
     parser.addini("pgaccess_tenants", "existing tenants for tenant/other_tenant (column=value "
-                  "or primary key); unset: two new tenants are created", type="linelist")
+                  "or primary key); unset: test_tenants of [tool.pgaccess], else two new "
+                  "tenants are created", type="linelist")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -136,35 +148,60 @@ def pg_dsn(pg_server: ThrowawayServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def pgaccess_project(pytestconfig: pytest.Config) -> Project:
-    migrations = _ini_path(pytestconfig, "pgaccess_migrations", "migrations")
+def pgaccess_config(pytestconfig: pytest.Config) -> ProjectConfig:
+    """The project's resolved ``[tool.pgaccess]`` (see :func:`pgaccess.project.load_project`)."""
+    error = ""
+    try:
+        return _project_config(pytestconfig)
+    except ConfigError as exc:
+        error = f"pgaccess: {exc}"
+    pytest.fail(error, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def pgaccess_project(pytestconfig: pytest.Config, pgaccess_config: ProjectConfig) -> Project:
+    config = pgaccess_config
+    migrations = _directory(pytestconfig, "pgaccess_migrations", config.migrations)
     if migrations is None:
-        pytest.fail("pgaccess: no migrations directory (set the pgaccess_migrations ini option)")
+        pytest.fail(f"pgaccess: no migrations directory {config.migrations} (set migrations in "
+                    "[tool.pgaccess] of pyproject.toml)", pytrace=False)
     return Project(
         migrations=migrations,
-        sql=_ini_path(pytestconfig, "pgaccess_sql", "sql"),
-        seeders=_ini_path(pytestconfig, "pgaccess_seeders", "seeders"),
+        sql=_directory(pytestconfig, "pgaccess_sql", config.sql),
+        seeders=_directory(pytestconfig, "pgaccess_seeders", config.seeders),
+        app_role=config.app_role,
+        admin_role=config.admin_role,
+        core_schema=config.core_schema,
+        tenant_schema_prefix=config.tenant_schema_prefix,
     )
 
 
 @pytest.fixture(scope="session")
-def pgaccess_tenant_choice(pytestconfig: pytest.Config) -> TenantChoice:
+def pgaccess_tenant_choice(pytestconfig: pytest.Config, pgaccess_config: ProjectConfig) -> TenantChoice:
     """Which tenants ``tenant`` / ``other_tenant`` are (see :mod:`pgaccess.devdb.fixture_tenants`)."""
+    pick = tuple(str(line) for line in pytestconfig.getini("pgaccess_tenants"))
     return TenantChoice(
-        table=str(pytestconfig.getini("pgaccess_tenant_table") or "tenants"),
-        pick=tuple(str(line) for line in pytestconfig.getini("pgaccess_tenants")),
+        table=str(pytestconfig.getini("pgaccess_tenant_table") or pgaccess_config.tenant_table),
+        pick=pick or pgaccess_config.test_tenants,
     )
+
+
+def _seed_env(pytestconfig: pytest.Config, config: ProjectConfig) -> str:
+    """The ini option, else ``seed_env`` of ``[tool.pgaccess]``, else "test". PGACCESS_ENV is
+    left out: it is the commands' environment (often "development" in a developer's shell)."""
+    table = read_table(config.pyproject) if config.pyproject else {}
+    return str(pytestconfig.getini("pgaccess_seed_env") or table.get("seed_env") or "test")
 
 
 @pytest.fixture(scope="session")
 def pgaccess_template(
-    pg_server: ThrowawayServer, pgaccess_project: Project,
+    pg_server: ThrowawayServer, pgaccess_project: Project, pgaccess_config: ProjectConfig,
     pgaccess_tenant_choice: TenantChoice, pytestconfig: pytest.Config,
 ) -> Iterator[Template]:
     """Migrated, seeded and given its fixture tenants once per session; marked as template."""
     digest = hashlib.sha1(str(pgaccess_project).encode()).hexdigest()[:8]
     name = unique_name(f"pgaccess_tpl_{digest}")
-    env = str(pytestconfig.getini("pgaccess_seed_env") or "test")
+    env = _seed_env(pytestconfig, pgaccess_config)
 
     async def build() -> Template:
         dsn = await build_template(pg_server.dsn, pgaccess_project, name, env)
@@ -173,7 +210,7 @@ def pgaccess_template(
     error = ""
     try:
         yield asyncio.run(build())
-    except ConfigError as exc:
+    except PgAccessError as exc:  # a migration, seeder or tenant-table problem: say which
         error = f"pgaccess: {exc}"
     finally:
         asyncio.run(drop_template(pg_server.dsn, name))
@@ -268,6 +305,7 @@ class RollbackDatabase(Database):
             sql_dir=project.sql,
         )
         self._outer: Any = None
+        self._roles = (project.app_role, project.admin_role)
 
     async def open(self) -> RollbackDatabase:
         await self.pool.open()
@@ -283,7 +321,7 @@ class RollbackDatabase(Database):
         await self.pool.close(timeout)
 
     def transaction(self, **options: Unpack[TransactionOptions]) -> TransactionContext:
-        return _PinnedContext(self.runtime, options, outer=self._outer)
+        return _PinnedContext(self.runtime, options, outer=self._outer, roles=self._roles)
 
     def autocommit(self, *, tenant: Any = None, system: bool = False, reason: str | None = None,
                    readonly: bool = False, primary: bool = False, timeout: float | None = None,
@@ -291,22 +329,23 @@ class RollbackDatabase(Database):
         executor = super().autocommit(tenant=tenant, system=system, reason=reason,
                                       readonly=readonly)
         return _PinnedAutocommit(self.runtime, tenant=executor.tenant, system=system,
-                                 readonly=readonly, outer=self._outer)
+                                 readonly=readonly, outer=self._outer, roles=self._roles)
 
 
 class _PinnedUnitOfWork(UnitOfWork):
-    __slots__ = ("_outer",)
+    __slots__ = ("_outer", "_roles")
     _outer: Any
+    _roles: tuple[str, str]  # (app, admin)
 
     async def _begin(self, begin: str, timeout: float | None, acquire_timeout: float | None) -> None:
         self._con = self._outer
         self._raw = raw_connection(self._con)
         self._task = asyncio.current_task()
         self._savepoints += 1
-        role = ADMIN_ROLE if self.system else APP_ROLE
+        role = self._roles[1] if self.system else self._roles[0]
         tenant = self.runtime.tenant_value(self.tenant, self._outer)
         await self._outer.execute(
-            f"SAVEPOINT pgaccess_test_tx; SET LOCAL ROLE {role}; "
+            f'SAVEPOINT pgaccess_test_tx; SET LOCAL ROLE "{role}"; '
             f"SELECT set_config('{self.runtime.settings.tenant_setting}', '{tenant}', true)"
         )
         self._state = "active"
@@ -330,11 +369,13 @@ class _PinnedUnitOfWork(UnitOfWork):
 
 
 class _PinnedContext(TransactionContext):
-    __slots__ = ("_outer",)
+    __slots__ = ("_outer", "_roles")
 
-    def __init__(self, runtime: Runtime, options: TransactionOptions, *, outer: Any) -> None:
+    def __init__(self, runtime: Runtime, options: TransactionOptions, *, outer: Any,
+                 roles: tuple[str, str]) -> None:
         super().__init__(runtime, options)
         self._outer = outer
+        self._roles = roles
 
     async def __aenter__(self) -> UnitOfWork:
         outer = self.runtime.active.get()
@@ -347,6 +388,7 @@ class _PinnedContext(TransactionContext):
             readonly=bool(self.options.get("readonly", False)),
         )
         uow._outer = self._outer
+        uow._roles = self._roles
         await uow._begin("", None, None)
         self._uow = uow
         self._token = self.runtime.active.set(uow)
@@ -354,15 +396,16 @@ class _PinnedContext(TransactionContext):
 
 
 class _PinnedAutocommit(Autocommit):
-    __slots__ = ("_outer",)
+    __slots__ = ("_outer", "_roles")
 
     def __init__(self, runtime: Runtime, *, tenant: Any, system: bool, readonly: bool,
-                 outer: Any) -> None:
+                 outer: Any, roles: tuple[str, str]) -> None:
         super().__init__(runtime, tenant=tenant, system=system, readonly=readonly)
         self._outer = outer
+        self._roles = roles
 
     async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
                   *, vetted: bool = False) -> Any:
         options: TransactionOptions = {"system": True} if self.system else {"tenant": self.tenant}
-        async with _PinnedContext(self.runtime, options, outer=self._outer) as uow:
+        async with _PinnedContext(self.runtime, options, outer=self._outer, roles=self._roles) as uow:
             return await uow.run(method, sql, args, name, vetted=vetted)

@@ -18,11 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def project(tmp_path: Path, ini: str, test: str) -> Path:
+    """A project whose [tool.pgaccess] is the reference schema; ``ini`` adds pytest options."""
     (tmp_path / "pyproject.toml").write_text(textwrap.dedent(f"""
+        [tool.pgaccess]
+        migrations = "{ROOT / 'migrations'}"
+        seeders = "{ROOT / 'seeders'}"
+        sql = "{ROOT / 'sql'}"
+
         [tool.pytest.ini_options]
-        pgaccess_migrations = "{ROOT / 'migrations'}"
-        pgaccess_seeders = "{ROOT / 'seeders'}"
-        pgaccess_sql = "{ROOT / 'sql'}"
     """) + ini)
     (tmp_path / "test_it.py").write_text(textwrap.dedent(test))
     return tmp_path

@@ -24,11 +24,20 @@ ADMIN_ROLE = "pgaccess_admin"
 
 @dataclass(frozen=True)
 class Project:
-    """Where a project's migrations, named SQL and seeders live."""
+    """Where a project's migrations, named SQL and seeders live, and its role names
+    (the core schema creates them; test databases log in as them)."""
 
     migrations: Path
     sql: Path | None
     seeders: Path | None
+    app_role: str = APP_ROLE
+    admin_role: str = ADMIN_ROLE
+    core_schema: bool = True
+    tenant_schema_prefix: str = "tenant_"
+
+    def role_dsns(self, owner_dsn: str) -> tuple[str, str]:
+        """(app, admin) DSNs: ``owner_dsn`` logged in as the project's two roles."""
+        return with_user(owner_dsn, self.app_role), with_user(owner_dsn, self.admin_role)
 
 
 _counter = itertools.count()
@@ -55,16 +64,17 @@ async def build_template(server_dsn: str, project: Project, name: str, seed_env:
 
     await admin_exec(server_dsn, f'CREATE DATABASE "{name}"')
     dsn = with_database(server_dsn, name)
-    await Migrator(dsn, project.migrations, echo=lambda _: None).up()
+    await Migrator(dsn, project.migrations, echo=lambda _: None, app_role=project.app_role,
+                   admin_role=project.admin_role, core=project.core_schema,
+                   tenant_prefix=project.tenant_schema_prefix).up()
     if project.seeders is not None:
         from ..seed import SeedRunner, discover_seeders
 
         seeders = discover_seeders(project.seeders)
         if seeders:
+            app_dsn, admin_dsn = project.role_dsns(dsn)
             async with Database(
-                Settings(min_size=0, max_size=4),
-                dsn=with_user(dsn, APP_ROLE),
-                admin_dsn=with_user(dsn, ADMIN_ROLE),
+                Settings(min_size=0, max_size=4), dsn=app_dsn, admin_dsn=admin_dsn,
                 sql_dir=project.sql,
             ) as db:
                 await SeedRunner(db, seeders, env=seed_env).run()
@@ -106,11 +116,7 @@ async def drop_template(server_dsn: str, name: str) -> None:
 
 
 def open_test_database(owner_dsn: str, project: Project, **settings: Any) -> Database:
-    """A Database on ``owner_dsn``'s database, logged in as the app and admin roles."""
+    """A Database on ``owner_dsn``'s database, logged in as the project's app and admin roles."""
     base = Settings(min_size=0, max_size=10, leak_threshold=5.0, acquire_timeout=5.0)
-    return Database(
-        base.replace(**settings),
-        dsn=with_user(owner_dsn, APP_ROLE),
-        admin_dsn=with_user(owner_dsn, ADMIN_ROLE),
-        sql_dir=project.sql,
-    )
+    app_dsn, admin_dsn = project.role_dsns(owner_dsn)
+    return Database(base.replace(**settings), dsn=app_dsn, admin_dsn=admin_dsn, sql_dir=project.sql)
