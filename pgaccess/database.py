@@ -165,7 +165,8 @@ class Database:
     def telemetry(self) -> Telemetry | None:
         return self.runtime.telemetry
 
-    def _pools(self) -> list[Pool]:
+    def pools(self) -> list[Pool]:
+        """The application pool, the admin pool and the replicas' pools that exist."""
         runtime = self.runtime
         return [p for p in (runtime.pool, runtime.admin_pool,
                             *(runtime.replicas.pools if runtime.replicas else ())) if p is not None]
@@ -173,12 +174,12 @@ class Database:
     def _attach_observers(self) -> None:
         """Give every pool the metrics objects that measure checkouts and connects."""
         runtime = self.runtime
-        observers = [o for o in (runtime.telemetry, runtime.metrics)
-                     if hasattr(o, "observe_pool_wait")]
-        for pool in self._pools():
+        observers: list[Any] = [o for o in (runtime.telemetry, runtime.metrics)
+                                if hasattr(o, "observe_pool_wait")]
+        for pool in self.pools():
             pool.observers = list(observers)
-            if runtime.telemetry is not None:
-                runtime.telemetry.watch(pool)
+            for observer in observers:
+                observer.watch(pool)
 
     # -- executors -----------------------------------------------------------------------
 

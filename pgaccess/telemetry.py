@@ -258,15 +258,16 @@ class Telemetry:
     def _parent(self, span: Any) -> Any:
         return None if span is None else self._trace.set_span_in_context(span)
 
-    def transaction_span(self, pool: Pool, *, isolation: str, readonly: bool, system: bool,
+    def transaction_span(self, *, isolation: str, readonly: bool, system: bool,
                          retries: int, tenant: UUID | None) -> Any:
         """The ``db.transaction`` span of a unit of work (None when tracing is off)."""
         if self.tracer is None:
             return None
-        attributes = {**self._server_of(pool), "pgaccess.transaction.isolation": isolation,
-                      "pgaccess.transaction.read_only": readonly,
-                      "pgaccess.transaction.system": system,
-                      "pgaccess.transaction.retries": retries}
+        # The statements carry the server attributes; the grouping span stays small (cheap).
+        attributes: dict[str, Any] = {
+            "db.system.name": "postgresql", "pgaccess.transaction.isolation": isolation,
+            "pgaccess.transaction.read_only": readonly, "pgaccess.transaction.system": system,
+            "pgaccess.transaction.retries": retries}
         if self.record_tenant and tenant is not None:
             attributes["pgaccess.tenant.id"] = str(tenant)
         return self.tracer.start_span("db.transaction", attributes=attributes)

@@ -415,7 +415,7 @@ class TransactionContext:
         telemetry = runtime.telemetry
         if telemetry is not None:
             uow._span = telemetry.transaction_span(
-                pool, isolation=isolation, readonly=readonly, system=system,
+                isolation=isolation, readonly=readonly, system=system,
                 retries=self.retries, tenant=uow.tenant)
         try:
             await uow._begin(begin_sql(isolation, readonly, bool(opts.get("deferrable", False))),

@@ -111,7 +111,7 @@ async def test_unit_of_work_with_two_statements(tdb: Database, otel: Otel, tenan
     assert txn.kind is SpanKind.INTERNAL and txn.status.status_code is StatusCode.UNSET
     assert txn.attributes is not None
     assert dict(txn.attributes) == {
-        **server_attributes(tdb.pool.dsn),
+        "db.system.name": "postgresql",
         "pgaccess.transaction.isolation": "read_committed",
         "pgaccess.transaction.read_only": False,
         "pgaccess.transaction.system": False,
@@ -358,6 +358,14 @@ def test_describe_sql() -> None:
     assert describe_sql("this is not SQL 'x'", False) == (None, None, None)
 
 
+def test_server_attributes() -> None:
+    assert server_attributes("postgresql://app@db.internal:6432/orders?sslmode=require") == {
+        "db.system.name": "postgresql", "db.namespace": "orders",
+        "server.address": "db.internal", "server.port": 6432}
+    assert server_attributes("postgresql:///orders?host=/run/postgresql")["server.address"] == (
+        "/run/postgresql")
+
+
 DISABLED = """
 import asyncio, sys
 from pgaccess import Database, Settings
@@ -396,3 +404,36 @@ def test_missing_extra_is_a_config_error() -> None:
     out = subprocess.run([sys.executable, "-c", ABSENT], capture_output=True, text=True,
                          check=True).stdout
     assert out.startswith("ConfigError ") and "pip install 'pgaccess[otel]'" in out
+
+
+async def test_prometheus_names_and_figures(db_dsn: str, pgaccess_project: Project,
+                                            tenant: uuid.UUID) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgaccess.metrics import Metrics, render_latest
+
+    settings = Settings(min_size=0, max_size=2, acquire_timeout=5.0)
+    async with Database(settings, dsn=with_user(db_dsn, APP_ROLE), sql_dir=pgaccess_project.sql,
+                        metrics=Metrics()) as database:
+        for _ in range(3):
+            async with database.transaction(tenant=tenant) as uow:
+                await uow.q.projects_by_status(status="active", lim=5)
+        stats = database.pool.stats()
+        text = render_latest(database)[0].decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("pgaccess_query_duration_seconds_count", query="projects_by_status") == 3
+    assert value("pgaccess_pool_wait_seconds_count", pool="app") == stats.acquires
+    assert value("pgaccess_pool_use_seconds_count", pool="app") == stats.acquires
+    assert value("pgaccess_pool_connect_seconds_count", pool="app") == stats.connections_opened
+    assert value("pgaccess_pool_acquires_total", pool="app") == stats.acquires
+    assert value("pgaccess_pool_timeouts_total", pool="app") == stats.timeouts == 0
+    assert value("pgaccess_pool_connections", pool="app", state="idle") == stats.idle
+    assert value("pgaccess_pool_connections", pool="app", state="used") == stats.in_use
+    assert value("pgaccess_pool_max_connections", pool="app") == 2
+    assert value("pgaccess_pool_pending_requests", pool="app") == 0
+    assert "# TYPE pgaccess_pool_timeouts_total counter" in text
