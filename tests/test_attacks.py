@@ -527,6 +527,7 @@ async def test_captured_signed_context_refused_from_new_pool_and_after_skew(
     key = await enable_signing(db_dsn)
     db = open_db(db_dsn, pgaccess_project, size, key)
     t = Target(db, db_dsn, size, key, pgaccess_project, tenant, other_tenant)
+    before = await ground_truth(db_dsn)
     async with db, t.another_pool() as spy:
         values = await capture_while_b_works(t, spy)
         assert values, "the capture loop saw none of B's openings"
@@ -543,7 +544,7 @@ async def test_captured_signed_context_refused_from_new_pool_and_after_skew(
            f"pg_stat_activity; {refused} of {min(10, len(values))} refused from a new pool; "
            f"after the skew {late} refused and {read} read B's rows on their own backend")
     assert read == 0
-    assert await ground_truth(db_dsn) is not None
+    await assert_ground_truth(t, before)
 
 
 @pytest.mark.xfail(strict=True, reason=(
