@@ -70,6 +70,20 @@ def unmask(sql: str, masks: dict[str, str]) -> str:
     return sql
 
 
+# aiosql's documented extension is a QueryLoader subclass (``loader_cls``); the hook it offers
+# for a query's text, ``_make_query_datum``, and the adapter's parameter order, ``var_sorted``,
+# are not public. aiosql is pinned below its next major version, and both are checked here, at
+# import, so an incompatible aiosql fails loudly instead of mis-parsing queries.
+if not callable(getattr(QueryLoader, "_make_query_datum", None)) or not hasattr(
+    AsyncPGAdapter(), "var_sorted"  # type: ignore[no-untyped-call,unused-ignore]
+):
+    raise ImportError(
+        f"pgaccess needs aiosql 15.x (found {getattr(aiosql, '__version__', '?')}): "
+        "QueryLoader._make_query_datum or AsyncPGAdapter.var_sorted is missing; "
+        "install 'aiosql>=15,<16'"
+    )
+
+
 class _Loader(QueryLoader):
     """aiosql's loader, with dollar-quoted bodies hidden from its parameter parser."""
 
