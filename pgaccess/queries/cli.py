@@ -1,93 +1,104 @@
 """``python -m pgaccess.queries check|gen`` (also ``pgaccess queries``).
 
 ``check`` prepares and explains every named query (as the app role, RLS on) on ``--dsn`` or
-``$DATABASE_URL`` or, without either, on a throwaway server (PostgreSQL binaries of this
-machine, or ``$PGACCESS_TEST_DSN``) migrated from ``--migrations``; it reports parameters and
+``$DATABASE_URL`` or, without either, on a throwaway server (the one the tests would use:
+``$PGACCESS_TEST_DSN``, this machine's PostgreSQL binaries or a container) migrated from the
+project's migrations, with its app and admin roles; it reports parameters and
 columns with types and nullability and fails on broken queries, operator mismatches,
 ``IN :list``, row classes that disagree and a stale lock file. ``check --offline`` verifies
 the Python side against the lock file without a database. ``gen`` writes row classes and a
-typed ``Queries`` class (``queries(uow).name(...)``) for mypy.
+typed ``Queries`` class (``queries(uow).name(...)``) for mypy. ``--sql``, ``--migrations``
+and ``--rows`` default to ``[tool.pgaccess]`` (``PGACCESS_SQL``, ... override it).
 
 Exit codes: 0 ok, 1 problems found (each names file and line), 2 usage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from ..cli import EXIT_FAIL, EXIT_OK, parser, print_json, run, table
+from ..cli import EXIT_FAIL, EXIT_OK, load_project, parser, print_json, run, table
 from ..config import with_database, with_user
-from ..errors import PgAccessError
+from ..errors import ConfigError, PgAccessError
+from ..project import ProjectConfig
 from . import load_queries
 from .check import check_queries, load_lock, load_row_classes, lock_data, offline_errors
 from .gen import generate
 
 
 @asynccontextmanager
-async def database(dsn: str | None, migrations: str) -> AsyncIterator[tuple[str, str, str | None]]:
+async def database(dsn: str | None, project: ProjectConfig) -> AsyncIterator[tuple[str, str, str | None]]:
     """(owner, app, admin DSNs): ``dsn`` (then ``$DATABASE_URL``), with the system context on
-    ``$PGACCESS_ADMIN_URL`` when set; else a throwaway server migrated from ``migrations``."""
+    ``$PGACCESS_ADMIN_URL`` when set; else a throwaway server migrated from the project."""
     dsn = dsn or os.environ.get("DATABASE_URL")
     if dsn:
         yield dsn, dsn, os.environ.get("PGACCESS_ADMIN_URL")
         return
-    async with throwaway_database(migrations) as dsns:
+    async with throwaway_database(project) as dsns:
         yield dsns
 
 
 @asynccontextmanager
-async def throwaway_database(migrations: str) -> AsyncIterator[tuple[str, str, str | None]]:
-    """A private cluster (or ``$PGACCESS_TEST_DSN``'s server) with a migrated database."""
-    from ..cluster import temporary_cluster
+async def throwaway_database(project: ProjectConfig) -> AsyncIterator[tuple[str, str, str | None]]:
+    """A database migrated from the project's migrations on the server the tests would use
+    (:func:`pgaccess.devdb.servers.start_test_server`); app and admin DSNs log in as the
+    project's roles when the migrations created them."""
+    from ..devdb.clone import admin_exec, drop_database, unique_name
+    from ..devdb.servers import start_test_server
     from ..migrate import Migrator
 
-    cluster = None
-    server_dsn = os.environ.get("PGACCESS_TEST_DSN")
-    if server_dsn is None:
-        cluster = temporary_cluster(prefix="pgaccess-check-")
-        server_dsn = cluster.dsn()
-    name = f"pgaccess_queries_check_{os.getpid()}"
+    server = await asyncio.to_thread(start_test_server)
+    name = unique_name("pgaccess_queries_check")
     try:
-        await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-                     f'CREATE DATABASE "{name}"')
-        owner = with_database(server_dsn, name)
-        await Migrator(owner, migrations, echo=lambda _: None).up()
+        await admin_exec(server.dsn, f'CREATE DATABASE "{name}"')
+        owner = with_database(server.dsn, name)
+        await Migrator(owner, project.migrations, echo=lambda _: None,
+                       app_role=project.app_role, admin_role=project.admin_role,
+                       core=project.core_schema,
+                       tenant_prefix=project.tenant_schema_prefix).up()
         con = await asyncpg.connect(owner)
         try:
-            has_app = await con.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'pgaccess_app'")
+            has_app = await con.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", project.app_role)
         finally:
             await con.close()
         if has_app:
-            yield owner, with_user(owner, "pgaccess_app"), with_user(owner, "pgaccess_admin")
+            yield owner, with_user(owner, project.app_role), with_user(owner, project.admin_role)
         else:
             yield owner, owner, None
     finally:
-        if cluster is not None:
-            cluster.destroy()
+        if server.owned:
+            await asyncio.to_thread(server.stop)
         else:
-            await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_database(server.dsn, name)
 
 
-async def _admin(dsn: str, *statements: str) -> None:
-    con = await asyncpg.connect(dsn)
+def row_classes(project: ProjectConfig) -> dict[str, type[Any]]:
+    """The dataclasses of the configured ``rows`` module, importable from the project's root."""
+    if not project.rows:
+        return {}
+    if str(project.root) not in sys.path:
+        sys.path.insert(0, str(project.root))  # the project's package, not installed
     try:
-        for statement in statements:
-            await con.execute(statement)
-    finally:
-        await con.close()
+        return load_row_classes(project.rows)
+    except ImportError as exc:
+        raise ConfigError(
+            f"rows = {project.rows!r} (from {project.sources.get('rows', 'default')}) cannot "
+            f"be imported: {exc}; set rows in [tool.pgaccess] or pass --rows MODULE") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser(
         "pgaccess queries",
         "Check named SQL against a real database, or generate row classes from it.",
-        "python -m pgaccess.queries check --rows pgaccess.reference.rows --json",
+        "pgaccess queries check --json   # sql, migrations and rows from [tool.pgaccess]",
     )
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("check", "gen"):
@@ -95,10 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         c.add_argument("--dsn", help="database URL (default: $DATABASE_URL, else a throwaway "
                        "server migrated from --migrations); $PGACCESS_ADMIN_URL checks "
                        "`-- context: system` queries")
-        c.add_argument("--sql", default="sql", help="named SQL directory (default: sql)")
-        c.add_argument("--migrations", default="migrations",
-                       help="migrations for the throwaway database when --dsn is not given")
-        c.add_argument("--rows", help="module whose dataclasses are the row classes (-- row: Name)")
+        c.add_argument("--sql", help="named SQL directory (default: sql of [tool.pgaccess])")
+        c.add_argument("--migrations", help="migrations for the throwaway database when --dsn "
+                       "is not given (default: migrations of [tool.pgaccess])")
+        c.add_argument("--rows", help="module whose dataclasses are the row classes (-- row: "
+                       "Name; default: rows of [tool.pgaccess])")
     check = sub.choices["check"]
     check.add_argument("--lock", help="lock file (default: SQL_DIR/queries.lock.json)")
     check.add_argument("--update-lock", action="store_true", help="write the lock file")
@@ -110,14 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     async def body() -> int:
+        project = load_project(sql=args.sql, migrations=args.migrations, rows=args.rows)
         try:
-            queries = load_queries(args.sql)
+            queries = load_queries(project.sql)
         except PgAccessError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAIL
-        rows = load_row_classes(args.rows)
+        rows = row_classes(project)
         if args.command == "check":
-            lock_path = Path(args.lock or Path(args.sql) / "queries.lock.json")
+            lock_path = Path(args.lock or project.sql / "queries.lock.json")
             if args.offline:
                 errors = offline_errors(queries, load_lock(lock_path), rows)
                 for e in errors:
@@ -125,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not errors:
                     print(f"ok: {len(queries)} queries match {lock_path}")
                 return EXIT_FAIL if errors else EXIT_OK
-            async with database(args.dsn, args.migrations) as (_, app_dsn, admin_dsn):
+            async with database(args.dsn, project) as (_, app_dsn, admin_dsn):
                 report = await check_queries(app_dsn, queries, admin_dsn=admin_dsn, row_classes=rows)
             data = lock_data(report)
             if args.update_lock:
@@ -144,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for e in report.errors:
                     print(f"error: {e}", file=sys.stderr)
             return EXIT_FAIL if report.errors else EXIT_OK
-        async with database(args.dsn, args.migrations) as (owner, app_dsn, admin_dsn):
+        async with database(args.dsn, project) as (owner, app_dsn, admin_dsn):
             report = await check_queries(app_dsn, queries, admin_dsn=admin_dsn, row_classes={})
             text = await generate(owner, report)
         if args.check:
