@@ -78,6 +78,17 @@ async def test_node_status_lists_coordinator_and_workers(citus_dsn: str) -> None
     assert sum(n.shards for n in workers) == 2 * SHARD_COUNT + 2 * len(workers)
 
 
+async def test_health_shows_the_citus_nodes(citus_db: Database) -> None:
+    from pgaccess.health import check
+
+    async with citus_db.transaction():
+        pass  # the first connection tells the pool it talks to a coordinator
+    report = await check(citus_db, migrations_dir=None)
+    node_check = report.checks["citus"]
+    assert node_check.status == "ok" and node_check.data["workers"] == 2
+    assert node_check.data["shard_placements"] > 0
+
+
 async def test_seeded_through_the_coordinator(citus_db: Database) -> None:
     async with citus_db.transaction(system=True) as uow:
         rows = await uow.fetch("SELECT tenant_id, count(*) AS n FROM projects GROUP BY 1 ORDER BY 1")

@@ -157,6 +157,17 @@ async def check(
         async with db.pool.connection(timeout) as con:
             return await role_check(con, app_role)
 
+    async def citus() -> CheckResult:
+        from ..citus import node_status
+
+        async with db.pool.connection(timeout) as con:
+            nodes = await node_status(con)
+        down = [f"{n.name}:{n.port}" for n in nodes if not n.healthy]
+        return CheckResult("degraded" if down else "ok", 0,
+                           {"nodes": len(nodes), "workers": sum(n.group_id != 0 for n in nodes),
+                            "shard_placements": sum(n.shards for n in nodes)},
+                           f"nodes not reachable or inactive: {', '.join(down)}" if down else None)
+
     def cached(name: str, fn: Callable[[], Awaitable[CheckResult]]) -> Callable[[], Awaitable[CheckResult]]:
         async def run() -> CheckResult:
             hit = cache.get(name)
@@ -175,6 +186,8 @@ async def check(
         checks["server"] = cached("server", server)
         checks["database"] = cached("database", database)
         checks["roles"] = cached("roles", roles)
+        if db.pool.distributed:  # a Citus coordinator (known after the first connection)
+            checks["citus"] = cached("citus", citus)
     names = list(checks)
     results = await asyncio.gather(*(_timed(n, timeout, checks[n]) for n in names))
     by_name = dict(zip(names, results, strict=True))
