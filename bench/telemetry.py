@@ -1,6 +1,6 @@
 """What OpenTelemetry costs pgaccess: W1 with telemetry off, on with the API's no-op
-providers, and on with the SDK (spans to a no-op exporter through the batch processor,
-metrics aggregated in memory), side by side in one run.
+providers, on with the SDK (spans to a no-op exporter through the batch processor, metrics
+aggregated in memory), and the same SDK sampling 10% of traces, side by side in one run.
 
     python -m bench.telemetry            # throwaway cluster, 8 rounds of 0.5 s bursts
     python -m bench.telemetry --smoke    # one short round: CI runs this so it cannot rot
@@ -26,6 +26,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from pgaccess import Database, Settings
 from pgaccess.config import with_user
@@ -39,6 +40,7 @@ from .__main__ import Env, Op, Result, prepare, run_burst
 OFF = "off"
 NOOP = "on, API only (no SDK installed)"
 SDK = "on, SDK + no-op exporter"
+SAMPLED = "on, SDK, 10% of traces sampled"
 
 
 class NoopExporter(SpanExporter):
@@ -52,9 +54,9 @@ class NoopExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def sdk_telemetry() -> tuple[Telemetry, NoopExporter, TracerProvider]:
+def sdk_telemetry(sampler: Any = None) -> tuple[Telemetry, NoopExporter, TracerProvider]:
     exporter = NoopExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     return (Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider),
@@ -68,10 +70,12 @@ async def measure(env: Env, rounds: int, burst: float, pool_size: int) -> list[t
     from opentelemetry.trace import NoOpTracerProvider
 
     telemetry, exporter, tracer_provider = sdk_telemetry()
+    sampled, _, sampled_provider = sdk_telemetry(ParentBased(TraceIdRatioBased(0.1)))
     variants = {
         OFF: None,
         NOOP: Telemetry(tracer_provider=NoOpTracerProvider(), meter_provider=NoOpMeterProvider()),
         SDK: telemetry,
+        SAMPLED: sampled,
     }
     dbs = {name: await Database(settings, dsn=app, admin_dsn=admin, sql_dir="sql",
                                 telemetry=t).open() for name, t in variants.items()}
@@ -119,6 +123,7 @@ async def measure(env: Env, rounds: int, burst: float, pool_size: int) -> list[t
         for db in dbs.values():
             await db.close()
         tracer_provider.shutdown()
+        sampled_provider.shutdown()
     print(f"\nspans exported by the SDK variant: {exporter.exported:,}")
     return out
 
