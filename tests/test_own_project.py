@@ -1,7 +1,8 @@
 """End to end, as a new user: build the wheel, install it into a fresh virtualenv, run
-``pgaccess init`` in an empty directory, add a table, a query, a repository, a seeder and a
-test, and run that project's pytest and the command line - with no file copied from this
-repository and no --dir-style flags: the project's [tool.pgaccess] says where things are."""
+``pgaccess init`` in an empty directory, give the project its own role names, add a table, a
+query, a repository, a seeder and a test, and run that project's pytest and the command line
+- with no file copied from this repository, no --dir-style flags and no pytest ini options:
+the project's [tool.pgaccess] says where things are and what the roles are called."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = "invoicing"
+ROLES = {"pgaccess_app": "invoicing_app", "pgaccess_admin": "invoicing_admin"}
 
 MIGRATION = """\
 CREATE TABLE invoices (
@@ -57,6 +60,10 @@ SELECT coalesce(sum(amount), 0)::numeric(14, 2) AS total FROM invoices;
 
 -- name: invoices_over(amount)
 SELECT tenant_id, id, number, amount, created_at FROM invoices WHERE amount > :amount ORDER BY number;
+
+-- name: notes_as_rows()
+-- row: Note
+SELECT tenant_id, id, body, created_at FROM notes ORDER BY created_at;
 """
 
 REPOSITORY = """\
@@ -120,6 +127,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 async def test_invoices_stay_with_their_tenant(db, tenant, other_tenant) -> None:
     async with db.transaction(tenant=tenant) as uow:
+        assert await uow.fetchval("SELECT current_user") == "invoicing_app"
         await uow.repo(InvoiceRepository).insert(number="T-1", amount=Decimal("12.50"))
         assert await uow.q.invoice_total() == Decimal("12.50")
     async with db.transaction(tenant=other_tenant) as uow:
@@ -132,6 +140,7 @@ async def test_db_tx_and_as_tenant(db_tx, tenant, as_tenant) -> None:
         async with db_tx.transaction() as uow:
             await uow.repo(InvoiceRepository).insert(number="T-2", amount=Decimal("1"))
             assert len(await uow.q.invoices_over(amount=0)) == 1
+            assert await uow.fetchval("SELECT current_user") == "invoicing_app"
 """
 
 
@@ -183,8 +192,13 @@ def test_a_project_of_its_own_from_pip_install(installed: Path, pg_dsn: str) -> 
         out = _run(["pgaccess", "init"], project, env).stdout
         assert "pyproject.toml" in out and "tests/test_tenant_isolation.py" in out
         assert "[tool.pgaccess]" in (project / "pyproject.toml").read_text()
+        # The user's own role names, in the configuration and the first migration.
+        for path in (project / "pyproject.toml", project / "migrations" / "0001_tenants_and_notes.sql"):
+            path.write_text(_own_roles(path.read_text()))
+        ini = tomllib.loads((project / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+        assert not [key for key in ini if key.startswith("pgaccess")], ini
         # The user's own additions.
-        (project / "migrations" / "0002_invoices.sql").write_text(MIGRATION)
+        (project / "migrations" / "0002_invoices.sql").write_text(_own_roles(MIGRATION))
         (project / "sql" / "invoices.sql").write_text(QUERIES)
         (project / PACKAGE / "invoices.py").write_text(REPOSITORY)
         (project / "seeders" / "invoices.py").write_text(SEEDER)
@@ -197,18 +211,29 @@ def test_a_project_of_its_own_from_pip_install(installed: Path, pg_dsn: str) -> 
         assert "applied 0002 invoices" in _run(["pgaccess", "migrate", "up"], project, env).stdout
         assert "up to date" in _run(["pgaccess", "migrate", "status"], project, env).stdout
         assert "ok: no lint findings" in _run(["pgaccess", "migrate", "lint"], project, env).stdout
-        assert "invoice_total" in _run(["pgaccess", "queries", "check"], project, env).stdout
+        check = _run(["pgaccess", "queries", "check"], project, env).stdout  # rows: invoicing.rows
+        assert "invoice_total" in check and "notes_as_rows" in check, check
+        # No DATABASE_URL: a throwaway database migrated with the project's roles.
+        generated = _run(["pgaccess", "queries", "gen"], project, _project_env(installed, None)).stdout
+        assert "async def invoices_over(" in generated and "class Invoice:" in generated, generated
         assert "Invoices" in _run(["pgaccess", "seed"], project, env).stdout
         health = _run(["pgaccess", "health"], project, env).stdout
         assert health.startswith("status: OK"), health
         config = _run(["pgaccess", "config"], project, env).stdout
         assert f"{project / 'migrations'}  pyproject [tool.pgaccess]" in config
+        assert "invoicing_app" in config and "invoicing.rows" in config, config
         assert not (project / ".pgaccess").exists()
         assert "kept (exists)" in _run(["pgaccess", "init"], project, env).stdout  # nothing overwritten
-        assert (project / "migrations" / "0002_invoices.sql").read_text() == MIGRATION
+        assert (project / "migrations" / "0002_invoices.sql").read_text() == _own_roles(MIGRATION)
     finally:
         asyncio.run(_admin(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         shutil.rmtree(project.parent if project.name == PACKAGE else project, ignore_errors=True)
+
+
+def _own_roles(text: str) -> str:
+    for default, own in ROLES.items():
+        text = text.replace(default, own)
+    return text
 
 
 async def _admin(dsn: str, statement: str) -> None:
