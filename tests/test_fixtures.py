@@ -138,13 +138,13 @@ def notes_project(root: Path, directory: str, *, app: str, admin: str, seed_env:
     (root / "test_notes.py").write_text(textwrap.dedent(NOTES_TESTS).format(app=app, admin=admin))
 
 
-def run_project_pytest(root: Path, pg_dsn: str) -> None:
+def run_project_pytest(root: Path, pg_dsn: str, passed: int = 4) -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PGACCESS_")},
            "PGACCESS_TEST_DSN": pg_dsn, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
                        cwd=root, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "4 passed" in r.stdout
+    assert f"{passed} passed" in r.stdout
 
 
 def test_fixtures_in_a_project_outside_the_package(tmp_path: Path, pg_dsn: str) -> None:
@@ -177,3 +177,29 @@ def test_ini_options_override_the_project_table(tmp_path: Path, pg_dsn: str) -> 
         tenant_table = "missing_table"
     """))
     run_project_pytest(tmp_path, pg_dsn)
+
+
+def test_test_tenants_from_the_project_table(tmp_path: Path, pg_dsn: str) -> None:
+    notes_project(tmp_path, "db", app="pgaccess_app", admin="pgaccess_admin", seed_env="test")
+    (tmp_path / "db" / "seeders" / "more.py").write_text(textwrap.dedent("""
+        from pgaccess.seed import Seeder
+
+        class MoreOrganisations(Seeder):
+            async def seed(self, uow):
+                await uow.execute("INSERT INTO organisations (slug, seats, active) VALUES ('m', 1, true)")
+    """))
+    (tmp_path / "test_notes.py").write_text(textwrap.dedent("""
+        async def test_the_configured_tenants(db, tenant, other_tenant):
+            async with db.transaction(system=True) as uow:
+                slugs = [await uow.fetchval("SELECT slug FROM organisations WHERE id = $1", t)
+                         for t in (tenant, other_tenant)]
+            assert slugs == ["m", "n"]
+    """))
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent(PYTEST_INI + """
+        [tool.pgaccess]
+        migrations = "db/migrations"
+        seeders = "db/seeders"
+        tenant_table = "organisations"
+        test_tenants = ["slug=m", "11111111-1111-4111-8111-111111111111"]
+    """))
+    run_project_pytest(tmp_path, pg_dsn, passed=1)
