@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pgaccess.project import OPTION_NAMES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -73,7 +75,8 @@ def test_every_fixture_the_readme_names_exists(tmp_path: Path) -> None:
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Testing your own project"):]
     paragraph = section[section.index("Fixtures:"):].split("\n\n")[0]
-    named = set(re.findall(r"`([a-z_]+)`", paragraph))
+    # The paragraph may also name [tool.pgaccess] keys (test_tenants...): those are not fixtures.
+    named = set(re.findall(r"`([a-z_]+)`", paragraph)) - set(OPTION_NAMES)
     assert {"db", "tenant", "other_tenant", "as_tenant"} <= named, paragraph
     r = run_pytest(project(tmp_path, "", "def test_nothing(): pass\n"), environment(), "--fixtures")
     assert r.returncode == 0, r.stdout + r.stderr
