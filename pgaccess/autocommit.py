@@ -49,12 +49,16 @@ class Autocommit(Executor):
     def in_transaction(self) -> bool:
         return False
 
+    @property
+    def session_trusted(self) -> bool:
+        return True  # each statement has a checkout of its own, opened by the reset
+
     def _opening(self, con: PooledConnection) -> str:
         runtime = self.runtime
         value = runtime.tenant_value(self.tenant, con)
         timeout = "" if self.timeout is None else f"SET statement_timeout = {int(self.timeout * 1000)}"
         return opening_sql(begin=None, tenant_setting=runtime.settings.tenant_setting,
-                           tenant=value, local_settings=timeout, guard=runtime.needs_guard(con))
+                           tenant=value, local_settings=timeout, guard=runtime.guard_for(con))
 
     async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
                   *, vetted: bool = False) -> Any:

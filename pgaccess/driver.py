@@ -26,6 +26,8 @@ _INTERNALS: tuple[tuple[Any, str], ...] = (
     (asyncpg.Connection, "_on_release"),
     (asyncpg.Connection, "_protocol"),
     (_protocol.Protocol, "_is_cancelling"),
+    (asyncpg.Connection, "_stmt_cache"),
+    (asyncpg.Connection, "_stmts_to_close"),
 )
 
 
@@ -44,6 +46,12 @@ def missing_internals(pool: asyncpg.Pool) -> list[str]:
 def raw_connection(proxy: Any) -> Any:
     """The connection behind a pool proxy (None once the proxy was released)."""
     return proxy._con
+
+
+def server_statements(raw: Any) -> int:
+    """How many named prepared statements the driver believes the session holds: those in
+    its statement cache and those it has yet to close."""
+    return len(raw._stmt_cache) + len(raw._stmts_to_close)
 
 
 def pool_has_idle(pool: asyncpg.Pool | None) -> bool:
@@ -71,4 +79,5 @@ __all__ = [
     "pool_has_idle",
     "raw_connection",
     "release_in_task",
+    "server_statements",
 ]

@@ -24,12 +24,13 @@ from uuid import UUID
 
 import asyncpg
 
+from . import driver
 from .config import Settings
-from .errors import ConfigError, TransactionError, from_asyncpg
+from .errors import ConfigError, ConnectionLost, QueryTimeout, TransactionError, from_asyncpg
 from .log import get_logger, log_query
 from .pool import Pool, PooledConnection, raw_connection
 from .replicas import ReplicaSet, last_write_at
-from .session import TAMPERED_MARKER, tenant_value
+from .session import is_tampered, tenant_value
 from .telemetry import trace_fields
 
 if TYPE_CHECKING:
@@ -113,9 +114,11 @@ class Runtime:
             raise ConfigError("no named queries loaded: pass sql_dir= or queries= to Database()")
         return self.queries
 
-    def needs_guard(self, con: PooledConnection) -> bool:
-        """Whether this checkout's opening checks the session's prepared statements."""
-        return self.check_always or raw_connection(con)._pga_raw_sql
+    def guard_for(self, con: PooledConnection) -> int | None:
+        """The number of prepared statements this checkout's opening expects the session to
+        hold, or None when it need not check (no raw SQL ran since the last check)."""
+        raw = raw_connection(con)
+        return driver.server_statements(raw) if self.check_always or raw._pga_raw_sql else None
 
     def tenant_value(self, tenant: UUID | None, con: PooledConnection) -> str:
         if tenant is not None and self.settings.tenant_signing_key is not None:
@@ -135,11 +138,6 @@ class Runtime:
             last_write_at.set(time.monotonic())
 
 
-def is_tampered(exc: BaseException) -> bool:
-    """The opening round trip found a prepared statement made by SQL (see pgaccess.session)."""
-    return isinstance(exc, asyncpg.UndefinedObjectError) and TAMPERED_MARKER in str(exc)
-
-
 async def open_session(runtime: Runtime, pool: Pool, acquire_timeout: float | None,
                        build: Any, span: Any = None) -> PooledConnection:
     """Acquire a connection and run its opening round trip ``build(con)``.
@@ -147,9 +145,10 @@ async def open_session(runtime: Runtime, pool: Pool, acquire_timeout: float | No
     ``span``: the telemetry span the checkout belongs to (a wait for a connection is
     recorded under it, and its trace context can travel in the opening's SQL comment).
 
-    A connection whose session was tampered with (a hijacked prepared statement) is
-    terminated and another one tried - the tampering is caught before any statement of
-    this caller runs. Any other failure of the opening discards the connection and raises.
+    A connection whose session was tampered with (a hijacked prepared statement), was lost,
+    or whose opening timed out (a timeout a previous user left, say) is terminated and
+    another one tried: none of this caller's statements has run yet. Any other failure of
+    the opening discards the connection and raises.
     """
     telemetry = runtime.telemetry
     for _ in range(pool.settings.max_size + 1):
@@ -172,7 +171,12 @@ async def open_session(runtime: Runtime, pool: Pool, acquire_timeout: float | No
                             action="connection terminated; the next one is tried")
                 continue
             if isinstance(exc, DRIVER_ERRORS):
-                raise from_asyncpg(exc, "opening round trip") from exc
+                err = from_asyncpg(exc, "opening round trip")
+                if isinstance(err, (ConnectionLost, QueryTimeout)):
+                    log.warning("opening_failed", pool=pool.name, error=type(err).__name__,
+                                action="connection terminated; the next one is tried")
+                    continue
+                raise err from exc
             raise
     raise TransactionError(
         f"every connection of pool {pool.name!r} had a tampered session; they were terminated, "
@@ -200,6 +204,12 @@ class Executor:
     @property
     def in_transaction(self) -> bool:
         """True for a unit of work: its statements share one transaction."""
+        raise NotImplementedError
+
+    @property
+    def session_trusted(self) -> bool:
+        """True while no raw SQL has run on this executor's session since its opening: what
+        vetted statements return here may be cached for everyone (see pgaccess.session)."""
         raise NotImplementedError
 
     async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
@@ -298,4 +308,4 @@ def _first_line(sql: str) -> str:
     return stripped.splitlines()[0][:80] if stripped else "<empty>"
 
 
-__all__ = ["DRIVER_ERRORS", "Executor", "Runtime", "is_tampered", "open_session"]
+__all__ = ["DRIVER_ERRORS", "Executor", "Runtime", "open_session"]

@@ -44,7 +44,7 @@ from . import driver
 from .config import Settings, redact
 from .errors import ConnectError, PoolClosed, PoolTimeout
 from .log import get_logger
-from .session import opening_sql, pinned_settings, set_local_all
+from .session import is_tampered, opening_sql, pinned_settings, set_local_all
 
 log = get_logger("pool")
 
@@ -126,6 +126,10 @@ async def init_json_codecs(con: asyncpg.Connection) -> None:
         "json", encoder=_json_encode, decoder=_json_decode, schema="pg_catalog", format="binary"
     )
 
+
+# Failures of a reset that say nothing about the next connection.
+_REPLACEABLE = (asyncpg.ConnectionDoesNotExistError, asyncpg.QueryCanceledError,
+                asyncpg.InterfaceError, OSError)
 
 # Startup parameters PgBouncer tracks itself; the others it refuses.
 _POOLER_PARAMETERS = {"application_name", "TimeZone", "client_encoding", "DateStyle"}
@@ -292,12 +296,15 @@ class Pool:
     async def _connect_once(self, args: Any, kwargs: dict[str, Any]) -> Connection:
         if not self.session_settings:
             kwargs = {**kwargs, "server_settings": _pooler_safe(kwargs.get("server_settings"))}
+        else:
+            kwargs = {**kwargs, "server_settings": self._pinned}
         try:
             con: Connection = await asyncpg.connect(*args, **kwargs)
-            return con
         except asyncpg.PostgresError as exc:
             if "unsupported startup parameter" not in str(exc):
                 raise
+        else:
+            return await self._without_role_defaults(con, args, kwargs)
         # PgBouncer (and other poolers) refuse startup parameters they do not track.
         if self.session_settings:
             log.warning("startup_parameters_refused", pool=self.name,
@@ -305,6 +312,27 @@ class Pool:
         self.session_settings = False
         kwargs = {**kwargs, "server_settings": _pooler_safe(kwargs.get("server_settings"))}
         con = await asyncpg.connect(*args, **kwargs)
+        return con
+
+    async def _without_role_defaults(self, con: Connection, args: Any,
+                                     kwargs: dict[str, Any]) -> Connection:
+        """User-settable settings that the role's own defaults changed (``ALTER ROLE ...
+        [IN DATABASE ...] SET``, which the app role may run for itself) are pinned to their
+        built-in values as well, and the connection is made again with them: no default the
+        app role can set reaches a session. (Tune the app's sessions with
+        ``Settings.server_settings`` instead; database-wide defaults are left alone.)"""
+        rows = await con.fetch(
+            "SELECT name, boot_val FROM pg_catalog.pg_settings WHERE source IN "
+            "('user', 'database user') AND context = 'user' AND boot_val IS NOT NULL")
+        extra = {r["name"]: r["boot_val"] for r in rows if r["name"] not in self._pinned}
+        if not extra:
+            return con
+        log.warning("role_defaults_overridden", pool=self.name, settings=sorted(extra),
+                    hint="ALTER ROLE/DATABASE ... SET defaults apply to the app role; pgaccess "
+                         "pins these to their built-in values (health reports them)")
+        self._pinned.update(extra)
+        await con.close()
+        con = await asyncpg.connect(*args, **{**kwargs, "server_settings": self._pinned})
         return con
 
     def _on_terminated(self, con: Any) -> None:
@@ -340,10 +368,38 @@ class Pool:
     async def acquire(self, timeout: float | None = None, *, reset: bool = True) -> PooledConnection:
         """Take a connection, waiting at most ``timeout`` (default: the acquire timeout).
 
-        The connection comes from a reset session with no tenant (one round trip).
-        ``reset=False`` is for callers that send the reset in their own first round trip
-        (units of work and autocommit statements, see :mod:`pgaccess.session`).
+        The connection comes from a reset session with no tenant (one round trip); a
+        session found tampered with, lost or timing out in that reset is terminated and
+        another one taken. ``reset=False`` is for callers that send the reset in their own
+        first round trip (units of work and autocommit statements, see
+        :mod:`pgaccess.session`).
         """
+        if not reset or not self.session_settings:
+            # Behind a transaction pooler a session reset would reach some server
+            # connection, not necessarily the next one: units of work reset in-transaction.
+            return await self._take(timeout)
+        for _ in range(self.settings.max_size + 1):
+            proxy = await self._take(timeout)
+            raw = raw_connection(proxy)
+            try:
+                await proxy.execute(opening_sql(
+                    begin=None, tenant_setting=self.settings.tenant_setting, tenant="",
+                    guard=driver.server_statements(raw) if raw._pga_raw_sql else None))
+            except BaseException as exc:
+                await self.discard(proxy)
+                if is_tampered(exc) or isinstance(exc, _REPLACEABLE):
+                    log.warning("opening_failed", pool=self.name, error=type(exc).__name__,
+                                action="connection terminated; the next one is tried")
+                    continue
+                raise
+            raw._pga_raw_sql = True  # raw use: anything may run
+            return proxy
+        raise ConnectError(
+            f"pool {self.name!r}: no connection could be reset (each was tampered with or lost); "
+            "they were terminated - retry"
+        )
+
+    async def _take(self, timeout: float | None) -> PooledConnection:
         pool = self._pool
         if pool is None or self._closing:
             raise PoolClosed(f"pool {self.name!r} is closed; call await pool.open() first")
@@ -375,18 +431,6 @@ class Pool:
             asyncio.get_running_loop().call_later(
                 self.settings.leak_threshold, self._check_leak, proxy, con._pga_acquired_at
             )
-        if reset and self.session_settings:
-            # Behind a transaction pooler a session reset would reach some server
-            # connection, not necessarily the next one: units of work reset in-transaction.
-            raw = raw_connection(proxy)
-            try:
-                await proxy.execute(opening_sql(
-                    begin=None, tenant_setting=self.settings.tenant_setting, tenant="",
-                    guard=raw._pga_raw_sql))
-            except BaseException:
-                await self.discard(proxy)
-                raise
-            raw._pga_raw_sql = True  # raw use: anything may run
         return proxy
 
     async def _probe(self, proxy: PooledConnection) -> None:

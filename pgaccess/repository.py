@@ -38,11 +38,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import asyncpg
 
-from .errors import ParameterError, TenantRequired, TransactionError
+from .errors import ParameterError, QueryError, TenantRequired, TransactionError
 from .uow import UnitOfWork
 
 if TYPE_CHECKING:
     from .executor import Executor, Method, Runtime
+
+# What format_type() prints: a (possibly schema-qualified, possibly quoted) name, words such
+# as "with time zone", a type modifier, array brackets - nothing that could end a cast.
+_TYPE_WORD = r"(?: (?:varying|precision|with|without|time|zone|to|year|month|day|hour|minute|second))"
+_TYPE_NAME = re.compile(
+    r'^(?:(?:[a-z_][a-z0-9_$]*|"[^"]+")\.)?(?:[a-z_][a-z0-9_$]*|"[^"]+")'
+    rf"{_TYPE_WORD}*(?:\(\d+(?:,\d+)?\))?{_TYPE_WORD}*(?:\[\])*$"
+)
 
 # Column types of tables, per runtime (database), read once from the catalogue.
 _column_types: weakref.WeakKeyDictionary[Runtime, dict[str, dict[str, str]]] = (
@@ -369,7 +377,14 @@ class BaseRepository(Generic[Row]):
             types = {r["attname"]: r["type"] for r in records}
             if not types:
                 raise ParameterError(f"{type(self).__name__}: table {self._qualified} not found")
-            cache[self._qualified] = types
+            odd = sorted(t for t in types.values() if not _TYPE_NAME.match(t))
+            if odd:  # they are written into SQL: only ever a type name
+                raise QueryError(
+                    f"{type(self).__name__}: the catalogue returned {odd} as column types of "
+                    f"{self._qualified}; refusing to use them (a tampered session?)"
+                )
+            if self.executor.session_trusted:  # shared by every tenant: only from a clean session
+                cache[self._qualified] = types
         return types
 
     async def update(self, key: Any, values: Mapping[str, Any] | None = None, **kw: Any) -> Row | None:

@@ -30,26 +30,42 @@ a transaction pooler, which refuses startup parameters, they travel with every `
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from uuid import UUID
+
+import asyncpg
 
 from .config import Settings
 from .errors import TransactionError
 
 RESET_SESSION = (
     "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; "
-    "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+    "DISCARD TEMP; DISCARD SEQUENCES"
 )
 
-# Raises 42704 (with this text in the message) when a prepared statement was created with
-# SQL PREPARE; the driver only creates protocol-level ones. No helper function is needed in
-# the database, so this works before any pgaccess schema exists.
-TAMPERED_MARKER = "pgaccess: prepared statement created by SQL on this connection"
-PREPARED_STATEMENT_GUARD = (
-    f"SELECT pg_catalog.current_setting('{TAMPERED_MARKER}') "
-    "FROM pg_catalog.pg_prepared_statements WHERE from_sql LIMIT 1"
-)
+# Raises 42704 (with this text in the message) when the session holds a prepared statement
+# made with SQL PREPARE (the driver only makes protocol-level ones), or when the number of
+# protocol-level ones is not the driver's (one of them was deallocated: its type information
+# or result may have been replaced under it). No helper function is needed in the database,
+# so this works before any pgaccess schema exists.
+TAMPERED_MARKER = "pgaccess: the prepared statements of this session were tampered with"
+
+
+def prepared_statement_guard(expected: int) -> str:
+    """The guard for a session where the driver holds ``expected`` prepared statements."""
+    return (
+        f"SELECT pg_catalog.current_setting('{TAMPERED_MARKER}') FROM (SELECT "
+        "count(*) FILTER (WHERE from_sql) AS by_sql, count(*) FILTER (WHERE NOT from_sql) AS "
+        "by_driver FROM pg_catalog.pg_prepared_statements) s "
+        f"WHERE s.by_sql > 0 OR s.by_driver <> {int(expected)}"
+    )
+
+
+def is_tampered(exc: BaseException) -> bool:
+    """The opening found the session's prepared statements tampered with."""
+    return isinstance(exc, asyncpg.UndefinedObjectError) and TAMPERED_MARKER in str(exc)
 
 ISOLATION_SQL = {
     "read_committed": "READ COMMITTED",
@@ -66,6 +82,7 @@ _PINNED_DEFAULTS = {
     "default_transaction_deferrable": "off",
     "lock_timeout": "0",
     "temp_tablespaces": "",
+    "idle_session_timeout": "0",
     "transform_null_equals": "off",
     "check_function_bodies": "on",
 }
@@ -146,9 +163,10 @@ def opening_sql(
     tenant: str,
     local_settings: str = "",
     set_local: bool = False,
-    guard: bool = True,
+    guard: int | None = None,
 ) -> str:
-    """The first round trip: ``begin`` (None: autocommit), the reset, the ``guard``,
+    """The first round trip: ``begin`` (None: autocommit), the reset, the prepared-statement
+    guard (``guard``: the number of statements the driver holds; None: no guard),
     ``local_settings``, the tenant.
 
     ``tenant`` is '' or built by :func:`tenant_value` from a validated UUID: hex digits,
@@ -159,9 +177,11 @@ def opening_sql(
     """
     assert all(c in "0123456789abcdef-." for c in tenant), "tenant value must be pre-validated"
     parts = [begin] if begin else []
-    parts.append(RESET_SESSION)
-    if guard:
-        parts.append(PREPARED_STATEMENT_GUARD)
+    # A fresh random seed: setseed() by a previous user would make random() predictable.
+    parts += [RESET_SESSION, f"SELECT pg_catalog.pg_advisory_unlock_all(), "
+                             f"pg_catalog.setseed({random.uniform(-1, 1):.15f})"]
+    if guard is not None:
+        parts.append(prepared_statement_guard(guard))
     if local_settings:  # before the tenant: the pinned settings include an empty tenant
         parts.append(local_settings)
     if set_local and begin:
@@ -175,12 +195,13 @@ def opening_sql(
 
 __all__ = [
     "ISOLATION_SQL",
-    "PREPARED_STATEMENT_GUARD",
     "RESET_SESSION",
     "TAMPERED_MARKER",
     "begin_sql",
+    "is_tampered",
     "opening_sql",
     "pinned_settings",
+    "prepared_statement_guard",
     "set_local_all",
     "tenant_value",
 ]

@@ -115,6 +115,11 @@ class UnitOfWork(Executor):
     def in_transaction(self) -> bool:
         return True
 
+    @property
+    def session_trusted(self) -> bool:
+        con = self._con
+        return con is not None and not raw_connection(con)._pga_raw_sql
+
     # -- running statements ----------------------------------------------------------------
 
     async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
@@ -182,7 +187,7 @@ class UnitOfWork(Executor):
                 local = f"{local}; {limit}" if local else limit
             return opening_sql(begin=begin, tenant_setting=runtime.settings.tenant_setting,
                                tenant=runtime.tenant_value(self.tenant, con),
-                               local_settings=local, guard=runtime.needs_guard(con),
+                               local_settings=local, guard=runtime.guard_for(con),
                                set_local=runtime.tenant_set_local or pool.distributed)
 
         self._con = await open_session(runtime, pool, acquire_timeout, opening, self._span)

@@ -159,9 +159,10 @@ async def check(
 
     async def citus() -> CheckResult:
         from ..citus import node_status
+        from ..pool import raw_connection
 
         async with db.pool.connection(timeout) as con:
-            nodes = await node_status(con)
+            nodes = await node_status(raw_connection(con))  # the connection behind the proxy
         down = [f"{n.name}:{n.port}" for n in nodes if not n.healthy]
         return CheckResult("degraded" if down else "ok", 0,
                            {"nodes": len(nodes), "workers": sum(n.group_id != 0 for n in nodes),
