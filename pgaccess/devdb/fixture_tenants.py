@@ -32,7 +32,7 @@ async def fixture_tenants(owner_dsn: str, choice: TenantChoice, count: int = 2) 
         if choice.pick:
             if len(choice.pick) < count:
                 raise ConfigError(
-                    f"pgaccess_tenants names {len(choice.pick)} tenant(s); the fixtures need {count}")
+                    f"test_tenants / pgaccess_tenants names {len(choice.pick)} tenant(s); the fixtures need {count}")
             return tuple([await _pick(con, table, key, entry) for entry in choice.pick[:count]])
         return tuple([await _create(con, table, key, label) for label in "ab"[:count]])
     finally:
@@ -53,8 +53,8 @@ async def _table_and_key(con: asyncpg.Connection, name: str) -> tuple[str, str]:
     )
     if row is None:
         raise ConfigError(
-            f"tenant table {name!r} does not exist after the migrations: set the "
-            "pgaccess_tenant_table ini option to your tenant table")
+            f"tenant table {name!r} does not exist after the migrations: set tenant_table in "
+            "[tool.pgaccess] (or the pgaccess_tenant_table ini option) to your tenant table")
     if not row["pk"] or len(row["pk"]) != 1:
         raise ConfigError(f"tenant table {row['tbl']} needs a single-column primary key")
     return row["tbl"], row["pk"][0]
@@ -69,10 +69,10 @@ async def _pick(con: asyncpg.Connection, table: str, key: str, entry: str) -> An
     try:
         rows = await con.fetch(f"SELECT {key} FROM {table} WHERE {column}::text = $1 LIMIT 2", value.strip())
     except asyncpg.UndefinedColumnError:
-        raise ConfigError(f"pgaccess_tenants entry {entry!r}: {table} has no column {column}") from None
+        raise ConfigError(f"test_tenants / pgaccess_tenants entry {entry!r}: {table} has no column {column}") from None
     if len(rows) != 1:
         found = "no" if not rows else "more than one"
-        raise ConfigError(f"pgaccess_tenants entry {entry!r} matches {found} row of {table} "
+        raise ConfigError(f"test_tenants / pgaccess_tenants entry {entry!r} matches {found} row of {table} "
                           "(after migrations and seeders)")
     return rows[0][0]
 
