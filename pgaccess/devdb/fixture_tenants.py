@@ -32,7 +32,8 @@ async def fixture_tenants(owner_dsn: str, choice: TenantChoice, count: int = 2) 
         if choice.pick:
             if len(choice.pick) < count:
                 raise ConfigError(
-                    f"test_tenants / pgaccess_tenants names {len(choice.pick)} tenant(s); the fixtures need {count}")
+                    f"test_tenants / pgaccess_tenants names {len(choice.pick)} tenant(s); "
+                    f"the fixtures need {count}")
             return tuple([await _pick(con, table, key, entry) for entry in choice.pick[:count]])
         return tuple([await _create(con, table, key, label) for label in "ab"[:count]])
     finally:
@@ -69,7 +70,9 @@ async def _pick(con: asyncpg.Connection, table: str, key: str, entry: str) -> An
     try:
         rows = await con.fetch(f"SELECT {key} FROM {table} WHERE {column}::text = $1 LIMIT 2", value.strip())
     except asyncpg.UndefinedColumnError:
-        raise ConfigError(f"test_tenants / pgaccess_tenants entry {entry!r}: {table} has no column {column}") from None
+        raise ConfigError(
+            f"test_tenants / pgaccess_tenants entry {entry!r}: {table} has no column {column}"
+        ) from None
     if len(rows) != 1:
         found = "no" if not rows else "more than one"
         raise ConfigError(f"test_tenants / pgaccess_tenants entry {entry!r} matches {found} row of {table} "
