@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 log = get_logger("executor")
-_query_log = get_logger("query")
 
 # What the driver raises: server errors, client/protocol errors, and socket errors.
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
@@ -289,18 +288,7 @@ def _log(name: str, duration_ms: float, slow_ms: float, traced: Any,
     """The query event; a slow or failed one carries the trace id when a span is active."""
     slow = error is not None or (slow_ms and duration_ms >= slow_ms)
     trace = trace_fields(getattr(traced, "span", None)) if slow else {}
-    if not trace:
-        log_query(name, duration_ms, slow_ms, rows=rows, error=error)
-        return
-    # log_query has no room for extra fields (pgaccess.log is owned elsewhere): the same
-    # events, on the same logger, with the trace id added.
-    fields: dict[str, Any] = {"query": name, "duration_ms": round(duration_ms, 3)}
-    if rows is not None:
-        fields["rows"] = rows
-    if error is not None:
-        _query_log.warning("query_failed", error=type(error).__name__, **fields, **trace)
-    else:
-        _query_log.warning("slow_query", threshold_ms=slow_ms, **fields, **trace)
+    log_query(name, duration_ms, slow_ms, rows=rows, error=error, **trace)
 
 
 def _first_line(sql: str) -> str:

@@ -75,9 +75,11 @@ def log_query(
     slow_ms: float,
     rows: int | None = None,
     error: BaseException | None = None,
+    **extra: Any,
 ) -> None:
-    """Emit the per-query event: debug normally, warning when slower than ``slow_ms``."""
-    fields: dict[str, Any] = {"query": name, "duration_ms": round(duration_ms, 3)}
+    """Emit the per-query event: debug normally, warning when slower than ``slow_ms``;
+    ``extra`` fields (a trace id, say) are added to it."""
+    fields: dict[str, Any] = {"query": name, "duration_ms": round(duration_ms, 3), **extra}
     if rows is not None:
         fields["rows"] = rows
     if error is not None:

@@ -43,3 +43,13 @@ async def empty_dsn(pg_dsn: str) -> AsyncIterator[str]:
     await admin_exec(pg_dsn, f'CREATE DATABASE "{name}"')
     yield with_database(pg_dsn, name)
     await drop_database(pg_dsn, name)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_found() -> Iterator[None]:
+    """``structlog.testing.capture_logs`` leaves structlog *configured*, which routes pgaccess's
+    events through structlog for every later test: undo it after each test."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
