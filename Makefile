@@ -1,5 +1,5 @@
 # pgaccess - the two front-door commands are `make demo` and `make test`.
-.PHONY: setup demo test test-citus test-containers lint check bench bench-smoke bench-citus reliability clean
+.PHONY: setup demo test test-citus test-containers lint check bench bench-smoke bench-citus bench-citus-smoke bench-telemetry reliability clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -38,10 +38,18 @@ bench: setup
 
 bench-smoke: setup
 	.venv/bin/python -m bench --smoke
+	.venv/bin/python -m bench.telemetry --smoke
+
+bench-telemetry: setup
+	.venv/bin/python -m bench.telemetry
 
 bench-citus: setup
-	bash ../shared/citus/build.sh
+	bash ../shared/citus/build.sh  # once; does nothing when Citus is installed
 	.venv/bin/python -m bench.citus
+
+## bench-citus-smoke: after test-citus (which builds Citus)
+bench-citus-smoke: setup
+	.venv/bin/python -m bench.citus --smoke
 
 reliability: setup
 	PGACCESS_SOAK_SECONDS=180 .venv/bin/python -m pytest -q -s tests/test_reliability.py tests/test_security.py tests/test_fuzz.py
