@@ -238,6 +238,15 @@ async def test_explicit_tenant_predicate_is_router_planned(citus_db: Database) -
     assert task_count(routed) == 1
 
 
+async def test_openings_after_raw_sql_work_through_the_coordinator(citus_db: Database) -> None:
+    """Citus replays the opening's text on each worker it connects to (it ran SET LOCAL):
+    the prepared-statement guard there must not count the driver's statements."""
+    for _ in range(4):  # the same connection: each opening after the first runs the guard
+        async with citus_db.transaction(tenant=ACME_ID) as uow:
+            assert await uow.fetchrow("SELECT * FROM projects WHERE id = $1", uuid.uuid4()) is None
+    assert citus_db.pool.stats().connections_discarded == 0
+
+
 async def test_repository_reads_are_router_planned(citus_db: Database) -> None:
     """On a coordinator, TenantAwareRepository adds ``tenant_id = $n`` to its statements."""
     from pgaccess.reference import ProjectRepository
