@@ -31,6 +31,7 @@ a transaction pooler, which refuses startup parameters, they travel with every `
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Mapping
 from uuid import UUID
@@ -157,6 +158,9 @@ def tenant_value(settings: Settings, tenant: UUID | None, session_id: int) -> st
     return f"{payload}.{hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()}"
 
 
+_TENANT_VALUE = re.compile(r"[0-9a-f.-]*").fullmatch
+
+
 def opening_sql(
     *,
     begin: str | None,
@@ -171,29 +175,29 @@ def opening_sql(
     ``local_settings``, the tenant.
 
     ``tenant`` is '' or built by :func:`tenant_value` from a validated UUID: hex digits,
-    dashes and dots only, asserted here because it is inlined. ``set_local`` sends the
+    dashes and dots only, checked here because it is inlined. ``set_local`` sends the
     tenant as ``SET LOCAL`` (the form Citus propagates to its workers) instead of
     ``set_config``, with ``citus.propagate_set_commands = 'local'`` so that Citus passes it
     on to its workers; it needs ``begin``.
     """
-    assert all(c in "0123456789abcdef-." for c in tenant), "tenant value must be pre-validated"
-    parts = [begin] if begin else []
+    if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
+        raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
     # A fresh random seed: setseed() by a previous user would make random() predictable.
-    parts += [RESET_SESSION, f"SELECT pg_catalog.pg_advisory_unlock_all(), "
-                             f"pg_catalog.setseed({random.uniform(-1, 1):.15f})"]
+    seed = f"pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed({random.random():.15f})"
+    sql = f"{begin}; {RESET_SESSION}" if begin else RESET_SESSION
     if guard is not None:
         # Citus replays the text of a query that ran SET LOCAL on each worker it then
         # connects to, where the driver's statements do not exist: count only here.
-        parts.append(prepared_statement_guard(None if set_local else guard))
+        sql += "; " + prepared_statement_guard(None if set_local else guard)
     if local_settings:  # before the tenant: the pinned settings include an empty tenant
-        parts.append(local_settings)
+        sql += "; " + local_settings
     if set_local and begin:
-        parts.append("SET LOCAL citus.propagate_set_commands = 'local'")
-        parts.append(f"SET LOCAL {tenant_setting} = '{tenant}'")
-    else:
-        local = "true" if begin else "false"
-        parts.append(f"SELECT pg_catalog.set_config('{tenant_setting}', '{tenant}', {local})")
-    return "; ".join(parts)
+        return (f"{sql}; SELECT {seed}; SET LOCAL citus.propagate_set_commands = 'local'; "
+                f"SET LOCAL {tenant_setting} = '{tenant}'")
+    # One SELECT for the lock release, the seed and the tenant: each statement of a
+    # simple query costs the server a parse, plan and executor start.
+    return (f"{sql}; SELECT {seed}, pg_catalog.set_config('{tenant_setting}', '{tenant}', "
+            f"{'true' if begin else 'false'})")
 
 
 __all__ = [

@@ -298,14 +298,14 @@ def test_opening_is_one_round_trip() -> None:
     sql = opening_sql(begin=begin_sql("serializable", True, True), tenant_setting="app.tenant_id",
                       tenant=t, local_settings="SET LOCAL statement_timeout = '2000'")
     assert sql.startswith("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; " + RESET_SESSION)
-    assert sql.endswith("SET LOCAL statement_timeout = '2000'; "
-                        f"SELECT pg_catalog.set_config('app.tenant_id', '{t}', true)")
+    assert "SET LOCAL statement_timeout = '2000'; SELECT pg_catalog.pg_advisory_unlock_all()" in sql
+    assert sql.endswith(f"pg_catalog.set_config('app.tenant_id', '{t}', true)")
     assert opening_sql(begin=begin_sql("read_committed", False, False), tenant_setting="app.tenant_id",
                        tenant=t, set_local=True).endswith(f"SET LOCAL app.tenant_id = '{t}'")
     # autocommit: the tenant is set for the session (the next user's opening resets it)
     assert opening_sql(begin=None, tenant_setting="app.tenant_id", tenant=t).endswith(
-        f"SELECT pg_catalog.set_config('app.tenant_id', '{t}', false)")
-    with pytest.raises(AssertionError):
+        f"pg_catalog.set_config('app.tenant_id', '{t}', false)")
+    with pytest.raises(ValueError, match="pre-validated"):
         opening_sql(begin=None, tenant_setting="app.tenant_id", tenant="x'; DROP TABLE t; --")
 
 
