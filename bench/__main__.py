@@ -416,30 +416,36 @@ async def _sqlalchemy(dsn: str, pool_size: int) -> dict[str, Any]:
 # -- measurements ----------------------------------------------------------------------
 
 
+async def interleaved(ops: dict[str, Op], baseline: str, concurrency: int, rounds: int,
+                      burst: float) -> list[Result]:
+    """Every implementation once per round, each between two bursts of ``baseline``: its
+    ratio is taken against the mean of its two neighbours, which cancels the drift of a
+    shared machine's speed. The order rotates each round so no implementation always
+    follows the same other."""
+    results = {name: Result(name) for name in ops}
+    for name, op in ops.items():  # warm-up
+        await run_burst(op, concurrency, min(0.2, burst), Result(name), 0)
+    base, others = results[baseline], [n for n in ops if n != baseline]
+    for r in range(rounds):
+        offset = r * 1_000_000
+        await run_burst(ops[baseline], concurrency, burst, base, offset)
+        for name in others[r % len(others):] + others[:r % len(others)]:
+            await run_burst(ops[name], concurrency, burst, results[name], offset)
+            await run_burst(ops[baseline], concurrency, burst, base, offset)
+            before, after = base.bursts[-2:]
+            results[name].ratios.append(results[name].bursts[-1] / ((before + after) / 2))
+    return list(results.values())
+
+
 async def measure_workloads(env: Env, rounds: int, burst: float) -> list[tuple[str, int, list[Result]]]:
     impls, close = await make_impls(env, env.owner_dsn, pool_size=10)
     out: list[tuple[str, int, list[Result]]] = []
     try:
         for workload, ops in impls.items():
             for concurrency in (1, 16):
-                results = {name: Result(name) for name in ops}
-                for name, op in ops.items():  # warm-up
-                    await run_burst(op, concurrency, min(0.2, burst), Result(name), 0)
-                floor, others = results[FLOOR], [n for n in ops if n != FLOOR]
-                for r in range(rounds):
-                    # Every implementation once per round, each between two floor bursts:
-                    # its ratio is taken against the mean of its two neighbours, which
-                    # cancels the drift of a shared machine's speed. The order rotates each
-                    # round so no implementation always follows the same other.
-                    offset = r * 1_000_000
-                    await run_burst(ops[FLOOR], concurrency, burst, floor, offset)
-                    for name in others[r % len(others):] + others[:r % len(others)]:
-                        await run_burst(ops[name], concurrency, burst, results[name], offset)
-                        await run_burst(ops[FLOOR], concurrency, burst, floor, offset)
-                        before, after = floor.bursts[-2:]
-                        results[name].ratios.append(results[name].bursts[-1] / ((before + after) / 2))
-                out.append((workload, concurrency, list(results.values())))
-                print(render_table(workload, concurrency, list(results.values())), flush=True)
+                results = await interleaved(ops, FLOOR, concurrency, rounds, burst)
+                out.append((workload, concurrency, results))
+                print(render_table(workload, concurrency, results), flush=True)
     finally:
         await close()
     return out

@@ -35,7 +35,7 @@ from pgaccess.devdb.servers import start_test_server
 from pgaccess.reference import ProjectRepository
 from pgaccess.telemetry import Telemetry
 
-from .__main__ import Env, Op, Result, prepare, run_burst
+from .__main__ import Env, Op, Result, interleaved, prepare
 
 OFF = "off"
 NOOP = "on, API only (no SDK installed)"
@@ -105,20 +105,9 @@ async def measure(env: Env, rounds: int, burst: float, pool_size: int) -> list[t
         for workload, make in workloads.items():
             ops = {name: make(db) for name, db in dbs.items()}
             for concurrency in (1, 16):
-                results = {name: Result(name) for name in ops}
-                for name, op in ops.items():  # warm-up
-                    await run_burst(op, concurrency, min(0.2, burst), Result(name), 0)
-                off, others = results[OFF], [n for n in ops if n != OFF]
-                for r in range(rounds):
-                    offset = r * 1_000_000
-                    await run_burst(ops[OFF], concurrency, burst, off, offset)
-                    for name in others[r % len(others):] + others[:r % len(others)]:
-                        await run_burst(ops[name], concurrency, burst, results[name], offset)
-                        await run_burst(ops[OFF], concurrency, burst, off, offset)
-                        before, after = off.bursts[-2:]
-                        results[name].ratios.append(results[name].bursts[-1] / ((before + after) / 2))
-                out.append((workload, concurrency, list(results.values())))
-                print(render(workload, concurrency, list(results.values())), flush=True)
+                results = await interleaved(ops, OFF, concurrency, rounds, burst)
+                out.append((workload, concurrency, results))
+                print(render(workload, concurrency, results), flush=True)
     finally:
         for db in dbs.values():
             await db.close()
