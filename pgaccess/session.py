@@ -30,6 +30,7 @@ a transaction pooler, which refuses startup parameters, they travel with every `
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import time
@@ -123,6 +124,7 @@ def set_local_all(values: Mapping[str, str]) -> str:
     return f"SELECT {calls}"
 
 
+@functools.lru_cache(maxsize=16)
 def begin_sql(isolation: str, readonly: bool, deferrable: bool) -> str:
     """A fully explicit BEGIN: no session default decides isolation or read-only mode."""
     try:

@@ -336,9 +336,12 @@ class Savepoint:
         uow.runtime.telemetry.end_savepoint(span, released, error)  # type: ignore[union-attr]
 
 
+_KNOWN_OPTIONS = frozenset(TransactionOptions.__annotations__)
+
+
 def check_options(options: TransactionOptions) -> None:
     """Refuse unknown or contradictory options before anything is acquired."""
-    unknown = set(options) - set(TransactionOptions.__annotations__)
+    unknown = options.keys() - _KNOWN_OPTIONS
     if unknown:
         raise TransactionError(
             f"unknown transaction option(s) {sorted(unknown)}; "
