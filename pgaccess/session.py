@@ -163,6 +163,18 @@ def tenant_value(settings: Settings, tenant: UUID | None, session_id: int) -> st
 _TENANT_VALUE = re.compile(r"[0-9a-f.-]*").fullmatch
 
 
+def local_tenant_sql(tenant_setting: str, tenant: str, *, set_local: bool) -> str:
+    """Set the tenant for the rest of the transaction: ``set_config(..., true)``, or on
+    Citus ``SET LOCAL`` with ``citus.propagate_set_commands = 'local'``, the only form its
+    workers receive. ``tenant`` as for :func:`opening_sql`."""
+    if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
+        raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
+    if set_local:
+        return (f"SET LOCAL citus.propagate_set_commands = 'local'; "
+                f"SET LOCAL {tenant_setting} = '{tenant}'")
+    return f"SELECT pg_catalog.set_config('{tenant_setting}', '{tenant}', true)"
+
+
 def opening_sql(
     *,
     begin: str | None,
@@ -194,8 +206,7 @@ def opening_sql(
     if local_settings:  # before the tenant: the pinned settings include an empty tenant
         sql += "; " + local_settings
     if set_local and begin:
-        return (f"{sql}; SELECT {seed}; SET LOCAL citus.propagate_set_commands = 'local'; "
-                f"SET LOCAL {tenant_setting} = '{tenant}'")
+        return f"{sql}; SELECT {seed}; {local_tenant_sql(tenant_setting, tenant, set_local=True)}"
     # One SELECT for the lock release, the seed and the tenant: each statement of a
     # simple query costs the server a parse, plan and executor start.
     return (f"{sql}; SELECT {seed}, pg_catalog.set_config('{tenant_setting}', '{tenant}', "

@@ -27,7 +27,7 @@ from .errors import ConnectionLost, PgAccessError, TransactionError, from_asyncp
 from .executor import DRIVER_ERRORS, Executor, Method, Runtime, open_session
 from .log import get_logger
 from .pool import raw_connection
-from .session import ISOLATION_SQL, begin_sql, opening_sql
+from .session import ISOLATION_SQL, begin_sql, local_tenant_sql, opening_sql
 from .tenancy import TenantContext, parse_tenant_id
 
 if TYPE_CHECKING:
@@ -170,9 +170,10 @@ class UnitOfWork(Executor):
 
     async def _set_tenant(self, tenant: UUID | None) -> None:
         con = self._check()
-        value = self.runtime.tenant_value(tenant, con)
-        setting = self.runtime.settings.tenant_setting
-        await con.execute(f"SELECT pg_catalog.set_config('{setting}', '{value}', true)")
+        runtime = self.runtime
+        await con.execute(local_tenant_sql(
+            runtime.settings.tenant_setting, runtime.tenant_value(tenant, con),
+            set_local=runtime.tenant_set_local or self.pool.distributed))
 
     # -- lifecycle (driven by TransactionContext) -----------------------------------------
 

@@ -238,6 +238,18 @@ async def test_explicit_tenant_predicate_is_router_planned(citus_db: Database) -
     assert task_count(routed) == 1
 
 
+async def test_scoped_tenant_of_a_system_unit_of_work_reaches_the_workers(citus_db: Database) -> None:
+    """Seeders and cross-tenant jobs narrow a system unit of work to one tenant: on Citus the
+    scoped tenant must travel as SET LOCAL too, or the workers see every tenant's rows."""
+    async with citus_db.transaction(tenant=ACME_ID) as uow:
+        mine = await uow.fetchval("SELECT count(*) FROM projects")
+    async with citus_db.transaction(system=True, reason="test") as uow:
+        everyone = await uow.fetchval("SELECT count(*) FROM projects")
+        async with uow.scoped_tenant(ACME_ID):
+            assert await uow.fetchval("SELECT count(*) FROM projects") == mine
+        assert await uow.fetchval("SELECT count(*) FROM projects") == everyone > mine
+
+
 async def test_openings_after_raw_sql_work_through_the_coordinator(citus_db: Database) -> None:
     """Citus replays the opening's text on each worker it connects to (it ran SET LOCAL):
     the prepared-statement guard there must not count the driver's statements."""
