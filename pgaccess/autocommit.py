@@ -19,7 +19,7 @@ from uuid import UUID
 from .errors import ConnectionLost, PgAccessError
 from .executor import Executor, Method, Runtime, open_session
 from .pool import PooledConnection, raw_connection
-from .session import opening_sql
+from .session import opening_sql, tenant_only_opening_sql
 from .uow import TransactionContext, TransactionOptions
 
 
@@ -55,16 +55,24 @@ class Autocommit(Executor):
 
     def _opening(self, con: PooledConnection) -> str:
         runtime = self.runtime
-        value = runtime.tenant_value(self.tenant, con)
-        timeout = "" if self.timeout is None else f"SET statement_timeout = {int(self.timeout * 1000)}"
         return opening_sql(begin=None, tenant_setting=runtime.settings.tenant_setting,
-                           tenant=value, local_settings=timeout, guard=runtime.guard_for(con))
+                           tenant=runtime.tenant_value(self.tenant, con),
+                           guard=runtime.guard_for(con))
+
+    def _vetted_opening(self, con: PooledConnection) -> str:
+        """For SQL not built at run time: the tenant alone when only such SQL ran on the
+        session since its last full reset (see :func:`tenant_only_opening_sql`)."""
+        runtime = self.runtime
+        if raw_connection(con)._pga_raw_sql or runtime.check_always:
+            return self._opening(con)
+        return tenant_only_opening_sql(runtime.settings.tenant_setting,
+                                       runtime.tenant_value(self.tenant, con))
 
     async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
                   *, vetted: bool = False) -> Any:
         runtime = self.runtime
         pool = runtime.pool_for(system=self.system, readonly=self.readonly, primary=self.primary)
-        if not pool.session_state_holds or runtime.tenant_set_local:
+        if not pool.session_state_holds or runtime.tenant_set_local or self.timeout is not None:
             options: TransactionOptions = {"readonly": self.readonly, "primary": self.primary,
                                            "timeout": self.timeout,
                                            "acquire_timeout": self.acquire_timeout}
@@ -78,7 +86,8 @@ class Autocommit(Executor):
         traced = (None if telemetry is None
                   else telemetry.statement(pool, sql, name, vetted, None, self.tenant))
         try:
-            con = await open_session(runtime, pool, self.acquire_timeout, self._opening,
+            con = await open_session(runtime, pool, self.acquire_timeout,
+                                     self._vetted_opening if vetted else self._opening,
                                      None if traced is None else traced.span)
         except BaseException as exc:
             if traced is not None:

@@ -26,10 +26,10 @@ import json
 import random
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import asyncpg
 from tenacity import (
@@ -70,10 +70,8 @@ PooledConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[Any]"
 """What ``acquire`` returns: asyncpg's proxy, with every ``asyncpg.Connection`` method."""
 
 
-def raw_connection(proxy: Any) -> Connection:
-    """The pgaccess Connection behind a pool proxy (None once released)."""
-    con: Connection = driver.raw_connection(proxy)
-    return con
+raw_connection = cast(Callable[[Any], Connection], driver.raw_connection)
+"""The pgaccess Connection behind a pool proxy (None once released)."""
 
 
 @dataclass
@@ -365,7 +363,8 @@ class Pool:
 
     # -- acquire / release -------------------------------------------------------------
 
-    async def acquire(self, timeout: float | None = None, *, reset: bool = True) -> PooledConnection:
+    def acquire(self, timeout: float | None = None, *,
+                reset: bool = True) -> Coroutine[Any, Any, PooledConnection]:
         """Take a connection, waiting at most ``timeout`` (default: the acquire timeout).
 
         The connection comes from a reset session with no tenant (one round trip); a
@@ -377,7 +376,10 @@ class Pool:
         if not reset or not self.session_settings:
             # Behind a transaction pooler a session reset would reach some server
             # connection, not necessarily the next one: units of work reset in-transaction.
-            return await self._take(timeout)
+            return self._take(timeout)  # not awaited here: one frame less per resumption
+        return self._acquire_reset(timeout)
+
+    async def _acquire_reset(self, timeout: float | None) -> PooledConnection:
         for _ in range(self.settings.max_size + 1):
             proxy = await self._take(timeout)
             raw = raw_connection(proxy)

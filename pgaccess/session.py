@@ -175,6 +175,26 @@ def local_tenant_sql(tenant_setting: str, tenant: str, *, set_local: bool) -> st
     return f"SELECT pg_catalog.set_config('{tenant_setting}', '{tenant}', true)"
 
 
+def tenant_only_opening_sql(tenant_setting: str, tenant: str) -> str:
+    """The opening of an autocommit statement whose SQL was not built at run time, on a
+    session where no such SQL ran since its last full reset (:func:`opening_sql`): the
+    tenant only.
+
+    Why the reset may be skipped there: every checkout that can run SQL built at run time
+    (a unit of work, a raw statement, a raw pool connection) starts with the full reset, and
+    so does the checkout after one that did (``Connection._pga_raw_sql``). What a session
+    can carry here was left by pgaccess's generated statements and the project's named
+    queries alone, with values bound: the session tenant (set again here), sequence values
+    they drew (``lastval()``) and any session state a named query sets on purpose. None of
+    it is readable by another statement of fixed text, and the full reset removes it before
+    anything else runs (tests/test_session.py). Not used with
+    ``check_prepared_statements="always"``, the mode for stored code that builds SQL.
+    """
+    if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
+        raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
+    return f"SELECT pg_catalog.set_config('{tenant_setting}', '{tenant}', false)"
+
+
 def opening_sql(
     *,
     begin: str | None,
@@ -223,5 +243,6 @@ __all__ = [
     "pinned_settings",
     "prepared_statement_guard",
     "set_local_all",
+    "tenant_only_opening_sql",
     "tenant_value",
 ]

@@ -247,6 +247,9 @@ class UnitOfWork(Executor):
         if broken:
             await self._discard()
             return
+        # The rollback undoes the opening's reset with everything else: the session is
+        # what the previous checkout left, so the next opening must be a full one.
+        raw._pga_raw_sql = True
         try:
             if not raw.is_closed() and raw.is_in_transaction():
                 await con.execute("ROLLBACK")

@@ -307,3 +307,115 @@ async def test_always_mode_catches_a_hijack_made_by_a_database_function(db_dsn: 
         async with db.transaction(tenant=other_tenant) as uow:
             assert await uow.repo(ProjectRepository).find_by_id(victim.id) == victim
         assert db.pool.stats().connections_discarded == 1
+
+
+# -- the tenant-only opening of vetted autocommit statements -----------------------------
+#
+# An autocommit statement whose SQL was not built at run time (repository, named query)
+# opens with the tenant alone when only such SQL ran on the session since its last full
+# reset (pgaccess.session.tenant_only_opening_sql). The tests below attack that shortcut.
+
+FINGERPRINT_QUERIES = """
+-- name: fp_settings()$
+SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings
+WHERE source NOT IN ('default', 'override')
+  AND name NOT IN ('transaction_isolation', 'transaction_read_only', 'transaction_deferrable');
+-- name: fp_user()$
+SELECT current_user || '/' || session_user;
+-- name: fp_temp_objects()$
+SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())
+     + (SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema())
+     + (SELECT count(*) FROM pg_type WHERE typnamespace = pg_my_temp_schema());
+-- name: fp_sql_prepared()$
+SELECT count(*) FROM pg_prepared_statements WHERE from_sql;
+-- name: fp_cursors()$
+SELECT count(*) FROM pg_cursors WHERE name <> '';
+-- name: fp_advisory_locks()$
+SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+-- name: fp_listening()$
+SELECT count(*) FROM pg_listening_channels();
+-- name: fp_tenant()$
+SELECT current_setting('app.tenant_id', true);
+-- name: fp_visible_projects()$
+SELECT count(*) FROM projects;
+-- name: fp_pid()$
+SELECT pg_backend_pid();
+-- name: set_work_mem()$
+SELECT set_config('work_mem', '7MB', false);
+-- name: work_mem()$
+SELECT current_setting('work_mem');
+-- name: draw(seq)$
+SELECT nextval(:seq::regclass);
+"""
+
+
+@pytest.fixture
+async def db_vetted(db_dsn: str) -> AsyncIterator[Database]:
+    from pgaccess import Settings
+    from pgaccess.config import with_user
+    from pgaccess.queries import load_queries_from_str
+
+    owner = await asyncpg.connect(db_dsn)
+    await owner.execute("CREATE SEQUENCE public.pga_test_seq; "
+                        "GRANT USAGE ON SEQUENCE public.pga_test_seq TO pgaccess_app")
+    await owner.close()
+    database = Database(Settings(min_size=1, max_size=1), dsn=with_user(db_dsn, "pgaccess_app"),
+                        queries=load_queries_from_str(FINGERPRINT_QUERIES))
+    async with database:
+        yield database
+
+
+async def vetted_fingerprint(db: Database, tenant: uuid.UUID) -> dict[str, Any]:
+    """The session as vetted autocommit statements of ``tenant`` see it, one checkout each:
+    after the first, every one of them opens with the tenant alone."""
+    q = db.autocommit(tenant=tenant).q
+    names = ["settings", "user", "temp_objects", "sql_prepared", "cursors", "advisory_locks",
+             "listening", "tenant", "visible_projects", "pid"]
+    return {name: await getattr(q, f"fp_{name}")() for name in names}
+
+
+@pytest.mark.parametrize("statement", HOSTILE)
+@pytest.mark.parametrize("how", ["transaction", "autocommit", "rolled back"])
+async def test_vetted_autocommit_after_hostile_sql_starts_pristine(
+    db_vetted: Database, tenant: uuid.UUID, other_tenant: uuid.UUID, statement: str, how: str
+) -> None:
+    clean = await vetted_fingerprint(db_vetted, other_tenant)
+    sql = statement.replace("{other}", str(other_tenant))
+    if how == "autocommit":
+        await db_vetted.autocommit(tenant=tenant).execute(sql)
+    elif how == "transaction":
+        async with db_vetted.transaction(tenant=tenant) as uow:
+            await uow.execute(sql)
+    else:  # the opening's reset is rolled back with the rest; the raw SQL of the previous
+        # checkout left its state, and this unit of work ran no raw SQL of its own
+        await db_vetted.autocommit(tenant=tenant).execute(sql)
+        with pytest.raises(QueryError):
+            async with db_vetted.transaction(tenant=tenant) as uow:
+                await uow.q.fp_pid()
+                await uow.q.draw(seq="no_such_sequence")
+    now = await vetted_fingerprint(db_vetted, other_tenant)
+    same_backend = clean.pop("pid") == now.pop("pid")
+    assert same_backend or db_vetted.pool.stats().connections_discarded > 0
+    assert now == clean
+
+
+async def test_what_vetted_statements_leave_never_reaches_sql_built_at_run_time(
+    db_vetted: Database, tenant: uuid.UUID, other_tenant: uuid.UUID
+) -> None:
+    victim = db_vetted.autocommit(tenant=other_tenant)
+    drawn = await victim.q.draw(seq="public.pga_test_seq")
+    await victim.q.set_work_mem()
+    # The shortcut at work: a named query's own session setting is still there for the
+    # next vetted statement (fixed text cannot read what it does not name)...
+    assert await db_vetted.autocommit(tenant=tenant).q.work_mem() == "7MB"
+    # ...but SQL built at run time - an attacker's, say - always starts from a full reset:
+    attacker = db_vetted.autocommit(tenant=tenant)
+    assert await attacker.fetchval("SELECT current_setting('work_mem')") != "7MB"
+    await victim.q.draw(seq="public.pga_test_seq")
+    with pytest.raises(QueryError, match="lastval is not yet defined"):
+        await attacker.fetchval("SELECT lastval()")
+    await victim.q.draw(seq="public.pga_test_seq")
+    async with db_vetted.transaction(tenant=tenant) as uow:
+        with pytest.raises(QueryError, match="not yet defined"):
+            await uow.fetchval("SELECT currval('public.pga_test_seq')")
+    assert drawn >= 1
