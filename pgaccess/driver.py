@@ -1,8 +1,9 @@
 """Every use of asyncpg's private internals, in one place.
 
-pgaccess reaches into asyncpg for three things asyncpg has no public API for: the connection
+pgaccess reaches into asyncpg for four things asyncpg has no public API for: the connection
 behind a pool proxy, whether the pool has an idle connection (so acquire can skip its timer),
-and releasing a clean connection without the Task asyncpg's ``Pool.release`` creates per call.
+releasing a clean connection without the Task asyncpg's ``Pool.release`` creates per call,
+and handing a released connection to the task that waited longest (a fair pool).
 asyncpg's version is pinned below the next minor release (pyproject.toml), and
 :func:`missing_internals` checks at pool open that each attribute is still there: when one is
 not, the pool logs ``asyncpg_fast_path_disabled`` and counts it in its stats, and takes
@@ -12,6 +13,7 @@ asyncpg's public (slower) paths - never a silent wrong answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
@@ -75,8 +77,55 @@ async def release_in_task(proxy: Any) -> None:
     await proxy._holder.release(None)
 
 
+class _HandOff:
+    """Mixed into the class of asyncpg's idle-holder queue: a holder put back while tasks
+    wait goes straight to the one that waited longest, so idle holders sit in the queue
+    only while nobody waits. asyncio.Queue would instead wake that task and leave the
+    holder in the queue, where a task that released and at once acquires again takes it
+    first - under saturation the waiters starve into PoolTimeout."""
+
+    _getters: Any
+
+    def put_nowait(self, item: Any) -> None:
+        getters = self._getters
+        while getters:
+            getter = getters.popleft()
+            if not getter.done():
+                getter.set_result(item)
+                return
+        super().put_nowait(item)  # type: ignore[misc]
+
+    async def get(self) -> Any:
+        if not self.empty():  # type: ignore[attr-defined]  # holders wait only when no task does
+            return self.get_nowait()  # type: ignore[attr-defined]
+        getter = asyncio.get_running_loop().create_future()
+        self._getters.append(getter)
+        try:
+            return await getter
+        except BaseException:
+            if getter.done() and not getter.cancelled():
+                self.put_nowait(getter.result())  # handed one, then cancelled: pass it on
+            else:
+                getter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+            raise
+
+
+def install_hand_off(pool: Any) -> None:
+    """Replace the open pool's idle-holder queue with a hand-off one of the same class
+    (asyncpg's own ordering of idle holders is kept), holding the same holders."""
+    queue = pool._queue
+    fair = type(f"HandOff{type(queue).__name__}", (_HandOff, type(queue)), {})(
+        maxsize=queue.maxsize)
+    fair._queue.extend(queue._queue)  # the same holders in the same order; nobody waits yet
+    queue._queue.clear()
+    pool._queue = fair
+
+
 __all__ = [
     "can_release_in_task",
+    "install_hand_off",
     "missing_internals",
     "pool_has_idle",
     "raw_connection",

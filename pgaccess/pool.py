@@ -233,6 +233,8 @@ class Pool:
                 await self._pool.release(probe)
         missing = driver.missing_internals(self._pool)
         self._fast = not missing
+        if self._fast:
+            driver.install_hand_off(self._pool)
         if missing:
             log.warning("asyncpg_fast_path_disabled", pool=self.name, missing=missing,
                         asyncpg=asyncpg.__version__,
@@ -505,12 +507,7 @@ class Pool:
                 observer.observe_pool_use(self.name, used)
         if (self._fast and raw is not None and raw._pga_retire_at > time.monotonic()
                 and driver.can_release_in_task(raw)):
-            await driver.release_in_task(con)
-            if self._waiting:
-                # Let the waiter that was just woken take the connection before this task
-                # (which may go straight on to its next unit of work) can barge in and take
-                # it back: without this, waiters starve under saturation.
-                await asyncio.sleep(0)
+            await driver.release_in_task(con)  # to the longest waiter, if any (fair)
             return
         await pool.release(con)
 

@@ -216,21 +216,31 @@ def opening_sql(
     """
     if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
         raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
-    # A fresh random seed: setseed() by a previous user would make random() predictable.
-    seed = f"pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed({random.random():.15f})"
-    sql = f"{begin}; {RESET_SESSION}" if begin else RESET_SESSION
     if guard is not None:
         # Citus replays the text of a query that ran SET LOCAL on each worker it then
         # connects to, where the driver's statements do not exist: count only here.
-        sql += "; " + prepared_statement_guard(None if set_local else guard)
+        local_settings = (prepared_statement_guard(None if set_local else guard)
+                          + ("; " + local_settings if local_settings else ""))
+    head, middle, end = _opening_parts(begin, tenant_setting, local_settings, set_local)
+    # A fresh random seed: setseed() by a previous user would make random() predictable.
+    return f"{head}{random.random():.15f}{middle}{tenant}{end}"
+
+
+@functools.lru_cache(maxsize=256)
+def _opening_parts(begin: str | None, tenant_setting: str, local_settings: str,
+                   set_local: bool) -> tuple[str, str, str]:
+    """The opening's text around the seed and the tenant value (per shape, built once)."""
+    sql = f"{begin}; {RESET_SESSION}" if begin else RESET_SESSION
     if local_settings:  # before the tenant: the pinned settings include an empty tenant
         sql += "; " + local_settings
+    seed = f"{sql}; SELECT pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed("
     if set_local and begin:
-        return f"{sql}; SELECT {seed}; {local_tenant_sql(tenant_setting, tenant, set_local=True)}"
+        return seed, (f"); SET LOCAL citus.propagate_set_commands = 'local'; "
+                      f"SET LOCAL {tenant_setting} = '"), "'"
     # One SELECT for the lock release, the seed and the tenant: each statement of a
     # simple query costs the server a parse, plan and executor start.
-    return (f"{sql}; SELECT {seed}, pg_catalog.set_config('{tenant_setting}', '{tenant}', "
-            f"{'true' if begin else 'false'})")
+    return (seed, f"), pg_catalog.set_config('{tenant_setting}', '",
+            "', true)" if begin else "', false)")
 
 
 __all__ = [

@@ -197,8 +197,10 @@ class UnitOfWork(Executor):
         self._state = "active"
 
     async def _commit(self) -> None:
-        self._check()
+        # Driven by TransactionContext.__aexit__: the task that opened it (async with).
         con = self._raw
+        if self._state != "active" or con is None:
+            self._check()  # raises the right error
         assert con is not None
         self._state = "done"
         if (self.readonly and self.isolation != "serializable" and not self._on_commit
@@ -345,8 +347,8 @@ _KNOWN_OPTIONS = frozenset(TransactionOptions.__annotations__)
 
 def check_options(options: TransactionOptions) -> None:
     """Refuse unknown or contradictory options before anything is acquired."""
-    unknown = options.keys() - _KNOWN_OPTIONS
-    if unknown:
+    if not _KNOWN_OPTIONS.issuperset(options):
+        unknown = options.keys() - _KNOWN_OPTIONS
         raise TransactionError(
             f"unknown transaction option(s) {sorted(unknown)}; "
             f"known: {sorted(TransactionOptions.__annotations__)}"
