@@ -196,6 +196,39 @@ async def test_check_on_acquire_replaces_a_dead_connection(pg_dsn: str) -> None:
             assert await con.fetchval("SELECT pg_backend_pid()") != pid
 
 
+async def test_a_waiter_cancelled_after_being_handed_a_connection_passes_it_on(pg_dsn: str) -> None:
+    # A release hands the connection to the longest waiter; if that waiter is cancelled
+    # before it runs, the connection must go on to the next one, not be lost.
+    async with Pool(settings(min_size=1, max_size=1, acquire_timeout=3), pg_dsn) as pool:
+        held = await pool.acquire(reset=False)
+        first = asyncio.create_task(pool.acquire(reset=False))
+        second = asyncio.create_task(pool.acquire(reset=False))
+        await asyncio.sleep(0.05)  # both wait, `first` longer
+        assert pool.stats().waiting == 2
+        await pool.release(held)  # handed to `first`, which has not run yet
+        first.cancel()
+        con = await asyncio.wait_for(second, 2)
+        assert await con.fetchval("SELECT 1") == 1
+        await pool.release(con)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert pool.stats().in_use == 0 and pool.stats().waiting == 0
+        async with pool.connection() as again:  # still one usable connection
+            assert await again.fetchval("SELECT 2") == 2
+
+
+async def test_a_waiter_that_timed_out_leaves_the_queue(pg_dsn: str) -> None:
+    async with Pool(settings(min_size=1, max_size=1, acquire_timeout=0.1), pg_dsn) as pool:
+        held = await pool.acquire(reset=False)
+        with pytest.raises(PoolTimeout):
+            await pool.acquire(reset=False)
+        await pool.release(held)  # nobody waits now: back to the idle queue
+        assert pool.has_idle()
+        con = await pool.acquire(reset=False)
+        await pool.release(con)
+        assert pool.stats().timeouts == 1
+
+
 async def test_saturated_pool_serves_waiters_fairly(pg_dsn: str) -> None:
     # Releases skip asyncpg's shielded release; a task that releases and at once
     # acquires again must not barge past the tasks already waiting (they would starve
