@@ -82,9 +82,16 @@ class _HandOff:
     wait goes straight to the one that waited longest, so idle holders sit in the queue
     only while nobody waits. asyncio.Queue would instead wake that task and leave the
     holder in the queue, where a task that released and at once acquires again takes it
-    first - under saturation the waiters starve into PoolTimeout."""
+    first - under saturation the waiters starve into PoolTimeout.
+
+    Waits are bounded here too (:func:`wait_deadline`): one timer for the whole queue, set
+    for the earliest deadline, instead of a timer per wait (``asyncio.timeout``), which
+    under saturation - every acquire waits - cost several microseconds per checkout."""
 
     _getters: Any
+    _deadline: float | None = None  # for the next get() (see wait_deadline)
+    _deadlines: dict[Any, float]
+    _timer: asyncio.TimerHandle | None = None
 
     def put_nowait(self, item: Any) -> None:
         getters = self._getters
@@ -96,20 +103,59 @@ class _HandOff:
         super().put_nowait(item)  # type: ignore[misc]
 
     async def get(self) -> Any:
+        deadline, self._deadline = self._deadline, None
         if not self.empty():  # type: ignore[attr-defined]  # holders wait only when no task does
             return self.get_nowait()  # type: ignore[attr-defined]
-        getter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        getter = loop.create_future()
         self._getters.append(getter)
+        if deadline is not None:
+            self._deadlines[getter] = deadline
+            if self._timer is None or deadline < self._timer.when():
+                self._arm(loop, deadline)
         try:
             return await getter
         except BaseException:
-            if getter.done() and not getter.cancelled():
+            if getter.done() and not getter.cancelled() and getter.exception() is None:
                 self.put_nowait(getter.result())  # handed one, then cancelled: pass it on
             else:
                 getter.cancel()
                 with contextlib.suppress(ValueError):
                     self._getters.remove(getter)
             raise
+        finally:
+            if deadline is not None:
+                del self._deadlines[getter]
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the waits whose deadline passed; set the timer for the next one."""
+        self._timer = None
+        now, earliest = loop.time(), None
+        for getter, deadline in self._deadlines.items():
+            if getter.done():
+                continue
+            if deadline <= now:
+                getter.set_exception(TimeoutError())
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._arm(loop, earliest)
+
+
+def wait_deadline(pool: Any, deadline: float) -> bool:
+    """Bound the wait of the ``pool.acquire()`` that follows at once (asyncpg takes from its
+    queue before its first await): it raises TimeoutError at ``deadline`` (loop time).
+    False when the pool has no hand-off queue: bound the wait another way."""
+    queue = pool._queue
+    if not isinstance(queue, _HandOff):
+        return False
+    queue._deadline = deadline
+    return True
 
 
 def install_hand_off(pool: Any) -> None:
@@ -118,6 +164,7 @@ def install_hand_off(pool: Any) -> None:
     queue = pool._queue
     fair = type(f"HandOff{type(queue).__name__}", (_HandOff, type(queue)), {})(
         maxsize=queue.maxsize)
+    fair._deadlines = {}
     fair._queue.extend(queue._queue)  # the same holders in the same order; nobody waits yet
     queue._queue.clear()
     pool._queue = fair
@@ -131,4 +178,5 @@ __all__ = [
     "raw_connection",
     "release_in_task",
     "server_statements",
+    "wait_deadline",
 ]

@@ -450,9 +450,15 @@ class Pool:
         start = time.perf_counter()
         self._waiting += 1
         try:
-            # asyncio.timeout, not acquire(timeout=): asyncpg's wait_for spawns a task.
-            async with asyncio.timeout(timeout):
+            # Not acquire(timeout=): asyncpg's wait_for spawns a task. The wait is bounded by
+            # the hand-off queue's one timer, or else by asyncio.timeout; a reconnect after
+            # the wait by connect_timeout.
+            loop = asyncio.get_running_loop()
+            if driver.wait_deadline(pool, loop.time() + timeout):
                 proxy: PooledConnection = await pool.acquire()
+            else:
+                async with asyncio.timeout(timeout):
+                    proxy = await pool.acquire()
         except TimeoutError:
             self._timeouts += 1
             stats = self.stats()

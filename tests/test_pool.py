@@ -229,6 +229,24 @@ async def test_a_waiter_that_timed_out_leaves_the_queue(pg_dsn: str) -> None:
         assert pool.stats().timeouts == 1
 
 
+async def test_each_waiter_times_out_at_its_own_deadline(pg_dsn: str) -> None:
+    # One timer serves every wait of the queue: a short wait queued behind a long one must
+    # still end at its own deadline, and the long one must still be served afterwards.
+    async with Pool(settings(min_size=1, max_size=1, acquire_timeout=5), pg_dsn) as pool:
+        held = await pool.acquire(reset=False)
+        patient = asyncio.create_task(pool.acquire(reset=False))
+        await asyncio.sleep(0.02)
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await pool.acquire(0.2, reset=False)
+        assert 0.15 < time.monotonic() - start < 1.0
+        assert not patient.done()
+        await pool.release(held)
+        con = await asyncio.wait_for(patient, 2)
+        await pool.release(con)
+        assert pool.stats().timeouts == 1 and pool.stats().waiting == 0
+
+
 async def test_saturated_pool_serves_waiters_fairly(pg_dsn: str) -> None:
     # Releases skip asyncpg's shielded release; a task that releases and at once
     # acquires again must not barge past the tasks already waiting (they would starve
