@@ -4,6 +4,7 @@
     python -m bench --smoke         # tiny data, one short round: CI runs this so it cannot rot
     python -m bench --dsn URL       # against your server (a superuser DSN; creates a database)
     python -m bench --out bench/RESULTS.md
+    python -m bench --previous f2cd32b  # and an earlier pgaccess's unit of work (git revision)
 
 Every table shows ops/s, p50 and p99 and the ratio to the hand-written raw-asyncpg RLS floor
 measured in the same run: each burst of an implementation runs between two floor bursts and
@@ -98,6 +99,7 @@ class Env:
     projects: dict[uuid.UUID, list[uuid.UUID]]
     domains: list[str]
     smoke: bool
+    previous: tuple[str, Any] | None = None  # (revision, its pgaccess package), --previous
 
 
 async def run_burst(op: Op, concurrency: int, seconds: float, result: Result, offset: int) -> None:
@@ -290,6 +292,33 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
 
     impls["W3 insert one"] = {UOW: w3_pga, AUTOCOMMIT: w3_pga_autocommit, FLOOR: w3_floor,
                               PLAIN: w3_plain_autocommit, "asyncpg no RLS, explicit transaction": w3_plain}
+
+    if env.previous is not None:  # an earlier pgaccess's unit of work, side by side
+        rev, prev = env.previous
+        pdb = await prev.Database(prev.Settings(min_size=pool_size, max_size=pool_size,
+                                                acquire_timeout=30), dsn=app, sql_dir="sql").open()
+        closers.append(pdb.close)
+        prev_repo = prev.reference.ProjectRepository
+
+        async def w1_prev(i: int) -> Any:
+            t, p = pick(i)
+            async with pdb.transaction(tenant=t) as uow:
+                return await uow.repo(prev_repo).find_by_id(p)
+
+        async def w2_prev(i: int) -> Any:
+            t, _ = pick(i)
+            async with pdb.transaction(tenant=t, readonly=True) as uow:
+                return await uow.repo(prev_repo).find_page(limit=50)
+
+        async def w3_prev(i: int) -> Any:
+            t, _ = pick(i)
+            async with pdb.transaction(tenant=t) as uow:
+                return await uow.repo(prev_repo).insert(name=f"w3-{i}")
+
+        label = f"pgaccess {rev} unit of work"
+        impls["W1 point lookup"][label] = w1_prev
+        impls["W2 first page of 50"][label] = w2_prev
+        impls["W3 insert one"][label] = w3_prev
 
     # Through PgBouncer (transaction pooling, statement cache off; PgBouncer 1.18 has no
     # prepared-statement support), same pool size on the client side.
@@ -670,6 +699,24 @@ async def prepare(server_dsn: str, socket: str | None, tenants: int, smoke: bool
     return Env(owner, socket, signed, key, ids, projects, [r["domain"] for r in rows], smoke)
 
 
+def load_previous(rev: str) -> tuple[str, Any]:
+    """pgaccess as it was at git revision ``rev``, importable as ``pgaccess_prev``."""
+    import importlib
+    import subprocess
+    import tarfile
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="pgaccess-prev-"))
+    archive = subprocess.run(["git", "archive", rev, "pgaccess"], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    (root / "pgaccess").rename(root / "pgaccess_prev")
+    sys.path.insert(0, str(root))
+    module = importlib.import_module("pgaccess_prev")
+    importlib.import_module("pgaccess_prev.reference")
+    return rev, module
+
+
 def render_table(workload: str, concurrency: int, results: list[Result],
                  trips: dict[tuple[str, str], float] | None = None) -> str:
     lines = [f"\n### {workload} - concurrency {concurrency}\n",
@@ -721,6 +768,8 @@ async def main_async(args: argparse.Namespace) -> str:
         tenants = 3 if smoke else 100
         print(f"preparing {tenants} tenants x 1,000 projects ...", flush=True)
         env = await prepare(server_dsn, socket, tenants, smoke)
+        if args.previous:
+            env.previous = load_previous(args.previous)
         trips = await count_round_trips(env, 20 if smoke else 200)
         tables = await measure_workloads(env, rounds=1 if smoke else args.rounds, burst=0.1 if smoke else args.burst)
         await quiesce(server_dsn)
@@ -732,7 +781,7 @@ async def main_async(args: argparse.Namespace) -> str:
         if server is not None:
             server.stop()
     report = ["# pgaccess benchmark results\n", machine_notes(version, where),
-              f"- run: `python -m bench{' --smoke' if args.smoke else ''}`; {args.rounds if not args.smoke else 1} "
+              f"- run: `python -m bench{' --smoke' if args.smoke else ''}{f' --previous {args.previous}' if args.previous else ''}`; {args.rounds if not args.smoke else 1} "
               f"interleaved rounds of {args.burst if not args.smoke else 0.1}s per implementation; "
               "the order rotates each round and every burst starts after gc.collect(); "
               "latencies over all rounds; each burst runs between two bursts of the raw-asyncpg RLS floor, "
@@ -763,6 +812,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--burst", type=float, default=0.5, help="seconds per implementation per round")
     p.add_argument("--out", help="also write the markdown report here")
+    p.add_argument("--previous", metavar="REV",
+                   help="also run the unit of work of pgaccess at this git revision (e.g. a "
+                        "release tag) on W1-W3, side by side")
     args = p.parse_args()
     import logging
 

@@ -27,6 +27,9 @@ _INTERNALS: tuple[tuple[Any, str], ...] = (
     (PoolConnectionProxy, "_con"),
     (PoolConnectionProxy, "_holder"),
     (PoolConnectionHolder, "release"),
+    (PoolConnectionHolder, "is_connected"),
+    (PoolConnectionHolder, "connect"),
+    (PoolConnectionHolder, "_con"),
     (asyncpg.Connection, "_on_release"),
     (asyncpg.Connection, "_protocol"),
     (_protocol.Protocol, "_is_cancelling"),
@@ -105,7 +108,25 @@ class _HandOff:
     async def get(self) -> Any:
         deadline, self._deadline = self._deadline, None
         if not self.empty():  # type: ignore[attr-defined]  # holders wait only when no task does
-            return self.get_nowait()  # type: ignore[attr-defined]
+            holder = self.get_nowait()  # type: ignore[attr-defined]
+        else:
+            holder = await self._wait(deadline)
+        if deadline is not None and not holder.is_connected():
+            await self._reconnect(holder, deadline)
+        return holder
+
+    async def _reconnect(self, holder: Any, deadline: float) -> None:
+        """Connect a holder whose connection was closed, within the acquire's deadline
+        (asyncpg would do it right after, unbounded)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                holder._con = None
+                await holder.connect()
+        except BaseException:
+            self.put_nowait(holder)  # another task may try; the slot is not lost
+            raise
+
+    async def _wait(self, deadline: float | None) -> Any:
         loop = asyncio.get_running_loop()
         getter = loop.create_future()
         self._getters.append(getter)
@@ -147,10 +168,11 @@ class _HandOff:
             self._arm(loop, earliest)
 
 
-def wait_deadline(pool: Any, deadline: float) -> bool:
-    """Bound the wait of the ``pool.acquire()`` that follows at once (asyncpg takes from its
-    queue before its first await): it raises TimeoutError at ``deadline`` (loop time).
-    False when the pool has no hand-off queue: bound the wait another way."""
+def wait_deadline(pool: Any, deadline: float | None) -> bool:
+    """Bound the wait, and a reconnect after it, of the ``pool.acquire()`` that follows at
+    once (asyncpg takes from its queue before its first await): TimeoutError at
+    ``deadline`` (loop time). None withdraws a deadline no get() took. False when the pool
+    has no hand-off queue: bound the wait another way."""
     queue = pool._queue
     if not isinstance(queue, _HandOff):
         return False

@@ -152,12 +152,16 @@ async def open_session(runtime: Runtime, pool: Pool, acquire_timeout: float | No
     telemetry = runtime.telemetry
     for _ in range(pool.settings.max_size + 1):
         if telemetry is None:
-            con = await pool.acquire(acquire_timeout, reset=False)
+            con = await pool.checkout(acquire_timeout)
         else:
             con = await telemetry.acquire(pool, acquire_timeout, span)
         raw = raw_connection(con)
         try:
             sql = build(con)
+            if isinstance(sql, tuple):  # a reset round trip first (Citus, see citus_opening_sql)
+                for part in sql[:-1]:
+                    await raw.execute(part)
+                sql = sql[-1]
             if telemetry is not None:
                 sql += telemetry.comment(span)
             await raw.execute(sql)

@@ -365,21 +365,27 @@ class Pool:
 
     # -- acquire / release -------------------------------------------------------------
 
-    def acquire(self, timeout: float | None = None, *,
-                reset: bool = True) -> Coroutine[Any, Any, PooledConnection]:
-        """Take a connection, waiting at most ``timeout`` (default: the acquire timeout).
+    async def acquire(self, timeout: float | None = None, *, reset: bool = True) -> PooledConnection:
+        """Take a connection for raw use, waiting at most ``timeout`` (default: the acquire
+        timeout).
 
         The connection comes from a reset session with no tenant (one round trip); a
         session found tampered with, lost or timing out in that reset is terminated and
-        another one taken. ``reset=False`` is for callers that send the reset in their own
-        first round trip (units of work and autocommit statements, see
-        :mod:`pgaccess.session`).
+        another one taken. ``reset=False`` skips that round trip. Either way the next user
+        of the connection starts with a full reset: anything may run on it.
         """
-        if not reset or not self.session_settings:
-            # Behind a transaction pooler a session reset would reach some server
-            # connection, not necessarily the next one: units of work reset in-transaction.
-            return self._take(timeout)  # not awaited here: one frame less per resumption
-        return self._acquire_reset(timeout)
+        if reset and self.session_settings:
+            return await self._acquire_reset(timeout)
+        # Behind a transaction pooler a session reset would reach some server connection,
+        # not necessarily the next one: units of work reset in-transaction.
+        proxy = await self._take(timeout)
+        raw_connection(proxy)._pga_raw_sql = True
+        return proxy
+
+    def checkout(self, timeout: float | None = None) -> Coroutine[Any, Any, PooledConnection]:
+        """Take a connection whose session the caller resets in its own first round trip
+        (units of work and autocommit statements, :mod:`pgaccess.session`)."""
+        return self._take(timeout)  # not awaited here: one frame less per resumption
 
     async def _acquire_reset(self, timeout: float | None) -> PooledConnection:
         for _ in range(self.settings.max_size + 1):
@@ -408,9 +414,16 @@ class Pool:
         if pool is None or self._closing:
             raise PoolClosed(f"pool {self.name!r} is closed; call await pool.open() first")
         if self._fast and driver.pool_has_idle(pool):
-            # A free holder is waiting: taking it never blocks (a reconnect is bounded by
-            # connect_timeout), so no timer and no wait accounting. This is the hot path.
-            proxy = await pool.acquire()
+            # A free holder is waiting: taking it never waits, so no wait accounting. This is
+            # the hot path. A reconnect (the holder's connection was closed) is bounded by
+            # the acquire timeout like a wait.
+            loop = asyncio.get_running_loop()
+            driver.wait_deadline(pool, loop.time() + (self.settings.acquire_timeout
+                                                      if timeout is None else timeout))
+            try:
+                proxy = await pool.acquire()
+            except TimeoutError:
+                raise self._timed_out(timeout) from None
             if self.observers:
                 for observer in self.observers:
                     observer.observe_pool_wait(self.name, 0.0)
@@ -450,9 +463,9 @@ class Pool:
         start = time.perf_counter()
         self._waiting += 1
         try:
-            # Not acquire(timeout=): asyncpg's wait_for spawns a task. The wait is bounded by
-            # the hand-off queue's one timer, or else by asyncio.timeout; a reconnect after
-            # the wait by connect_timeout.
+            # Not acquire(timeout=): asyncpg's wait_for spawns a task. The wait, and a
+            # reconnect after it, are bounded by the hand-off queue's one timer, or else by
+            # asyncio.timeout.
             loop = asyncio.get_running_loop()
             if driver.wait_deadline(pool, loop.time() + timeout):
                 proxy: PooledConnection = await pool.acquire()
@@ -460,22 +473,31 @@ class Pool:
                 async with asyncio.timeout(timeout):
                     proxy = await pool.acquire()
         except TimeoutError:
-            self._timeouts += 1
-            stats = self.stats()
-            raise PoolTimeout(
-                f"no connection from pool {self.name!r} within {timeout:g}s "
-                f"(size={stats.size}, in_use={stats.in_use}, waiting={stats.waiting - 1}, "
-                f"max={stats.max_size}); raise PGACCESS_POOL_MAX_SIZE, shorten transactions, "
-                "or look for leaked connections (PGACCESS_LEAK_THRESHOLD)",
-                stats.as_dict(),
-            ) from None
+            raise self._timed_out(timeout, waiting=True) from None
+        except asyncpg.InterfaceError as exc:
+            if self._closing:
+                raise PoolClosed(f"pool {self.name!r} was closed while this task waited") from exc
+            raise
         finally:
+            driver.wait_deadline(pool, None)  # not taken if asyncpg raised before its get()
             self._waiting -= 1
             waited = time.perf_counter() - start
             self._wait_s += waited
         for observer in self.observers:
             observer.observe_pool_wait(self.name, waited)
         return proxy
+
+    def _timed_out(self, timeout: float | None, *, waiting: bool = False) -> PoolTimeout:
+        timeout = self.settings.acquire_timeout if timeout is None else timeout
+        self._timeouts += 1
+        stats = self.stats()
+        return PoolTimeout(
+            f"no connection from pool {self.name!r} within {timeout:g}s "
+            f"(size={stats.size}, in_use={stats.in_use}, waiting={stats.waiting - waiting}, "
+            f"max={stats.max_size}); raise PGACCESS_POOL_MAX_SIZE, shorten transactions, "
+            "or look for leaked connections (PGACCESS_LEAK_THRESHOLD)",
+            stats.as_dict(),
+        )
 
     async def _checked(
         self, pool: asyncpg.Pool, proxy: PooledConnection, timeout: float | None

@@ -201,46 +201,55 @@ def opening_sql(
     tenant_setting: str,
     tenant: str,
     local_settings: str = "",
-    set_local: bool = False,
     guard: int | None = None,
 ) -> str:
-    """The first round trip: ``begin`` (None: autocommit), the reset, the prepared-statement
-    guard (``guard``: the number of statements the driver holds; None: no guard),
-    ``local_settings``, the tenant.
+    """The first round trip: the reset, the prepared-statement guard (``guard``: the number
+    of statements the driver holds; None: no guard), then ``begin`` (None: autocommit),
+    ``local_settings`` and the tenant.
+
+    With ``begin`` the reset runs in a transaction of its own, committed before the unit of
+    work's ``BEGIN`` (``BEGIN; <reset>; COMMIT; BEGIN ...``): inside the unit of work's
+    transaction a ``ROLLBACK`` - an aborted ``COMMIT``, or one sent as raw SQL - would undo
+    the reset and bring back what the previous user of the session left.
 
     ``tenant`` is '' or built by :func:`tenant_value` from a validated UUID: hex digits,
-    dashes and dots only, checked here because it is inlined. ``set_local`` sends the
-    tenant as ``SET LOCAL`` (the form Citus propagates to its workers) instead of
-    ``set_config``, with ``citus.propagate_set_commands = 'local'`` so that Citus passes it
-    on to its workers; it needs ``begin``.
+    dashes and dots only, checked here because it is inlined.
     """
     if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
         raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
-    if guard is not None:
-        # Citus replays the text of a query that ran SET LOCAL on each worker it then
-        # connects to, where the driver's statements do not exist: count only here.
-        local_settings = (prepared_statement_guard(None if set_local else guard)
-                          + ("; " + local_settings if local_settings else ""))
-    head, middle, end = _opening_parts(begin, tenant_setting, local_settings, set_local)
+    guard_sql = "" if guard is None else prepared_statement_guard(guard)
+    head, middle, end = _opening_parts(begin, tenant_setting, guard_sql, local_settings)
     # A fresh random seed: setseed() by a previous user would make random() predictable.
     return f"{head}{random.random():.15f}{middle}{tenant}{end}"
 
 
 @functools.lru_cache(maxsize=256)
-def _opening_parts(begin: str | None, tenant_setting: str, local_settings: str,
-                   set_local: bool) -> tuple[str, str, str]:
+def _opening_parts(begin: str | None, tenant_setting: str, guard_sql: str,
+                   local_settings: str) -> tuple[str, str, str]:
     """The opening's text around the seed and the tenant value (per shape, built once)."""
-    sql = f"{begin}; {RESET_SESSION}" if begin else RESET_SESSION
-    if local_settings:  # before the tenant: the pinned settings include an empty tenant
-        sql += "; " + local_settings
-    seed = f"{sql}; SELECT pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed("
-    if set_local and begin:
-        return seed, (f"); SET LOCAL citus.propagate_set_commands = 'local'; "
-                      f"SET LOCAL {tenant_setting} = '"), "'"
-    # One SELECT for the lock release, the seed and the tenant: each statement of a
-    # simple query costs the server a parse, plan and executor start.
-    return (seed, f"), pg_catalog.set_config('{tenant_setting}', '",
-            "', true)" if begin else "', false)")
+    reset = f"{RESET_SESSION}; {guard_sql}" if guard_sql else RESET_SESSION
+    # One SELECT for the lock release and the seed (and, in autocommit, the tenant): each
+    # statement of a simple query costs the server a parse, plan and executor start.
+    seed = "SELECT pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed("
+    local = f"; {local_settings}" if local_settings else ""
+    if not begin:  # the implicit transaction of the simple query commits the reset
+        return (f"{reset}{local}; {seed}", f"), pg_catalog.set_config('{tenant_setting}', '",
+                "', false)")
+    return (f"BEGIN; {reset}; {seed}",
+            f"); COMMIT; {begin}{local}; SELECT pg_catalog.set_config('{tenant_setting}', '",
+            "', true)")
+
+
+def citus_opening_sql(*, begin: str, tenant_setting: str, tenant: str,
+                      local_settings: str = "", guard: int | None = None) -> tuple[str, str]:
+    """A unit of work's opening on Citus, in two round trips: the reset (committed, with the
+    empty tenant), then ``begin`` and the tenant as ``SET LOCAL`` with
+    ``citus.propagate_set_commands = 'local'``, the only form Citus passes on to its
+    workers. Two, because Citus replays the whole text of a query that ran ``SET LOCAL`` on
+    each worker it then connects to: the reset's ``COMMIT`` must not travel with it."""
+    reset = opening_sql(begin=None, tenant_setting=tenant_setting, tenant="", guard=guard)
+    local = f"; {local_settings}" if local_settings else ""
+    return reset, f"{begin}{local}; {local_tenant_sql(tenant_setting, tenant, set_local=True)}"
 
 
 __all__ = [
@@ -248,6 +257,7 @@ __all__ = [
     "RESET_SESSION",
     "TAMPERED_MARKER",
     "begin_sql",
+    "citus_opening_sql",
     "is_tampered",
     "opening_sql",
     "pinned_settings",

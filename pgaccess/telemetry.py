@@ -330,11 +330,11 @@ class Telemetry:
     async def acquire(self, pool: Pool, timeout: float | None, parent: Any) -> PooledConnection:
         """``pool.acquire`` with a ``pgaccess.pool.acquire`` span when it has to wait."""
         if self.tracer is None or pool.has_idle():
-            return await pool.acquire(timeout, reset=False)
+            return await pool.checkout(timeout)
         start = time_ns()
         error: BaseException | None = None
         try:
-            return await pool.acquire(timeout, reset=False)
+            return await pool.checkout(timeout)
         except BaseException as exc:
             error = exc
             raise

@@ -27,7 +27,7 @@ from .errors import ConnectionLost, PgAccessError, TransactionError, from_asyncp
 from .executor import DRIVER_ERRORS, Executor, Method, Runtime, open_session
 from .log import get_logger
 from .pool import raw_connection
-from .session import ISOLATION_SQL, begin_sql, local_tenant_sql, opening_sql
+from .session import ISOLATION_SQL, begin_sql, citus_opening_sql, local_tenant_sql, opening_sql
 from .tenancy import TenantContext, parse_tenant_id
 
 if TYPE_CHECKING:
@@ -180,16 +180,17 @@ class UnitOfWork(Executor):
     async def _begin(self, begin: str, timeout: float | None, acquire_timeout: float | None) -> None:
         runtime, pool = self.runtime, self.pool
 
-        def opening(con: PooledConnection) -> str:
+        def opening(con: PooledConnection) -> str | tuple[str, ...]:
             # Built after acquiring: connecting may just have found a transaction pooler.
             local = pool.pinned_local
             if timeout is not None:
                 limit = f"SET LOCAL statement_timeout = {int(timeout * 1000)}"
                 local = f"{local}; {limit}" if local else limit
-            return opening_sql(begin=begin, tenant_setting=runtime.settings.tenant_setting,
-                               tenant=runtime.tenant_value(self.tenant, con),
-                               local_settings=local, guard=runtime.guard_for(con),
-                               set_local=runtime.tenant_set_local or pool.distributed)
+            build = (citus_opening_sql if begin and (runtime.tenant_set_local or pool.distributed)
+                     else opening_sql)
+            return build(begin=begin, tenant_setting=runtime.settings.tenant_setting,
+                         tenant=runtime.tenant_value(self.tenant, con),
+                         local_settings=local, guard=runtime.guard_for(con))
 
         self._con = await open_session(runtime, pool, acquire_timeout, opening, self._span)
         self._raw = raw_connection(self._con)
@@ -216,10 +217,21 @@ class UnitOfWork(Executor):
             task.add_done_callback(_background.discard)
             return
         try:
-            await con.execute("COMMIT")
+            status = await con.execute("COMMIT")
         except DRIVER_ERRORS as exc:
             await self._discard()
             raise from_asyncpg(exc, "COMMIT") from exc
+        except BaseException:  # cancelled mid-COMMIT: the outcome is unknown
+            await self._discard()
+            raise
+        if status != "COMMIT":  # PostgreSQL answers COMMIT of a failed transaction with ROLLBACK
+            con._pga_raw_sql = True
+            await self._release()
+            raise TransactionError(
+                "the unit of work was rolled back, not committed: a statement in it failed and "
+                "its error was handled inside the block, which leaves the transaction aborted. "
+                "Wrap statements whose errors you handle in `async with uow.savepoint():`"
+            )
         await self._release()
         for callback in self._on_commit:
             result = callback()
@@ -255,9 +267,13 @@ class UnitOfWork(Executor):
         try:
             if not raw.is_closed() and raw.is_in_transaction():
                 await con.execute("ROLLBACK")
-        except BaseException:
+        except BaseException as exc:
             # A broken or cancelled connection: terminate it, the pool opens a new one.
             raw.terminate()
+            await self._release()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
         await self._release()
 
     async def _release(self) -> None:

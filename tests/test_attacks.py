@@ -445,12 +445,9 @@ async def test_victim_leftovers_are_gone_for_the_attacker(target: Target) -> Non
     assert stolen == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BREAK (minor, metadata): the opening's UNLISTEN * runs inside the unit of work's BEGIN and "
-    "PostgreSQL applies it at COMMIT, so for its whole first unit of work on a backend A sees "
-    "the channels the previous tenant listens on (pg_listening_channels()); notifications "
-    "themselves only reach the pgaccess client, which drops them"))
-async def test_previous_tenants_listeners_visible_in_the_next_unit_of_work(signed1: Target) -> None:
+async def test_previous_tenants_listeners_gone_in_the_next_unit_of_work(signed1: Target) -> None:
+    """The opening's reset (UNLISTEN * among it) is committed before the unit of work's
+    BEGIN: the previous tenant's channels are gone from its first statement on."""
     t = signed1
     async with t.db.transaction(tenant=t.b) as uow:
         await uow.execute("LISTEN tenant_b_invoices")

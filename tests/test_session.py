@@ -415,7 +415,7 @@ async def test_what_vetted_statements_leave_never_reaches_sql_built_at_run_time(
     with pytest.raises(QueryError, match="lastval is not yet defined"):
         await attacker.fetchval("SELECT lastval()")
     await victim.q.draw(seq="public.pga_test_seq")
-    async with db_vetted.transaction(tenant=tenant) as uow:
-        with pytest.raises(QueryError, match="not yet defined"):
+    with pytest.raises(QueryError, match="not yet defined"):
+        async with db_vetted.transaction(tenant=tenant) as uow:
             await uow.fetchval("SELECT currval('public.pga_test_seq')")
     assert drawn >= 1

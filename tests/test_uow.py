@@ -20,7 +20,7 @@ from pgaccess import (
     tenant_scope,
 )
 from pgaccess.reference import ProjectRepository
-from pgaccess.session import RESET_SESSION, begin_sql, opening_sql
+from pgaccess.session import RESET_SESSION, begin_sql, citus_opening_sql, opening_sql
 from pgaccess.tenancy import TenantContext
 
 
@@ -295,13 +295,20 @@ async def test_timeout_applies_to_the_transaction_only(db: Database, tenant: uui
 
 def test_opening_is_one_round_trip() -> None:
     t = "00000000-0000-4000-8000-000000000001"
-    sql = opening_sql(begin=begin_sql("serializable", True, True), tenant_setting="app.tenant_id",
+    begin = begin_sql("serializable", True, True)
+    sql = opening_sql(begin=begin, tenant_setting="app.tenant_id",
                       tenant=t, local_settings="SET LOCAL statement_timeout = '2000'")
-    assert sql.startswith("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; " + RESET_SESSION)
-    assert "SET LOCAL statement_timeout = '2000'; SELECT pg_catalog.pg_advisory_unlock_all()" in sql
+    # The reset in a transaction of its own, committed before the unit of work's BEGIN: a
+    # ROLLBACK of the unit of work cannot undo it.
+    assert sql.startswith("BEGIN; " + RESET_SESSION + "; SELECT pg_catalog.pg_advisory_unlock_all()")
+    assert f"); COMMIT; {begin}; SET LOCAL statement_timeout = '2000'; SELECT" in sql
     assert sql.endswith(f"pg_catalog.set_config('app.tenant_id', '{t}', true)")
-    assert opening_sql(begin=begin_sql("read_committed", False, False), tenant_setting="app.tenant_id",
-                       tenant=t, set_local=True).endswith(f"SET LOCAL app.tenant_id = '{t}'")
+    # Citus: the reset first (Citus replays a SET LOCAL query's text on its workers)
+    reset, rest = citus_opening_sql(begin=begin_sql("read_committed", False, False),
+                                    tenant_setting="app.tenant_id", tenant=t)
+    assert reset.startswith(RESET_SESSION) and "COMMIT" not in reset and "BEGIN" not in reset
+    assert rest.startswith("BEGIN ISOLATION LEVEL READ COMMITTED")
+    assert rest.endswith(f"SET LOCAL app.tenant_id = '{t}'")
     # autocommit: the tenant is set for the session (the next user's opening resets it)
     assert opening_sql(begin=None, tenant_setting="app.tenant_id", tenant=t).endswith(
         f"pg_catalog.set_config('app.tenant_id', '{t}', false)")
