@@ -19,8 +19,12 @@ work, every autocommit statement and every raw checkout begins with one simple q
   empty tenant, which matches no row.
 
 This is the unit of work's *first* round trip, together with its ``BEGIN`` - no extra round
-trip. Inside a transaction the reset is transactional (a rollback restores what it dropped),
-which is harmless because the next user of the connection starts with the same reset.
+trip. The reset runs in a transaction of its own, committed before the unit of work's
+``BEGIN``: inside the unit of work's transaction a ``ROLLBACK`` (a raw one, or PostgreSQL's
+answer to the ``COMMIT`` of a failed transaction) would undo it and bring back what the
+previous user left. An autocommit statement whose SQL was not built at run time may open
+with the tenant alone when nothing else ran since the last full reset
+(:func:`tenant_only_opening_sql`).
 
 Settings that a ``RESET ALL`` would restore to the *role's* defaults (which the app role can
 change for itself with ``ALTER ROLE ... SET``) are pinned as connection startup parameters,
