@@ -171,12 +171,19 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
             await con.execute("COMMIT")
             return out
 
-    # pgaccess ops, for any Database (plain, signed, behind PgBouncer)
-    def pga_lookup(database: Database) -> Op:
+    # pgaccess ops, for any Database (plain, signed, behind PgBouncer, an earlier pgaccess's)
+    def pga_lookup(database: Any, repo: Any = ProjectRepository) -> Op:
         async def op(i: int) -> Any:
             t, p = pick(i)
             async with database.transaction(tenant=t) as uow:
-                return await uow.repo(ProjectRepository).find_by_id(p)
+                return await uow.repo(repo).find_by_id(p)
+        return op
+
+    def pga_page(database: Any, repo: Any = ProjectRepository) -> Op:
+        async def op(i: int) -> Any:
+            t, _ = pick(i)
+            async with database.transaction(tenant=t, readonly=True) as uow:
+                return await uow.repo(repo).find_page(limit=50)
         return op
 
     def pga_lookup_readonly(database: Database) -> Op:
@@ -192,11 +199,11 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
             return await database.autocommit(tenant=t).repo(ProjectRepository).find_by_id(p)
         return op
 
-    def pga_insert(database: Database) -> Op:
+    def pga_insert(database: Any, repo: Any = ProjectRepository) -> Op:
         async def op(i: int) -> Any:
             t, _ = pick(i)
             async with database.transaction(tenant=t) as uow:
-                return await uow.repo(ProjectRepository).insert(name=f"w3-{i}")
+                return await uow.repo(repo).insert(name=f"w3-{i}")
         return op
 
     # W1 ---------------------------------------------------------------------------------
@@ -245,11 +252,6 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
     }
 
     # W2 ---------------------------------------------------------------------------------
-    async def w2_pga(i: int) -> Any:
-        t, _ = pick(i)
-        async with db.transaction(tenant=t, readonly=True) as uow:
-            return await uow.repo(ProjectRepository).find_page(limit=50)
-
     async def w2_floor(i: int) -> Any:
         t, _ = pick(i)
         return await floor_tx(t, lambda con: con.fetch(page))
@@ -266,7 +268,7 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
         t, _ = pick(i)
         return await db.autocommit(tenant=t, readonly=True).repo(ProjectRepository).find_page(limit=50)
 
-    impls["W2 first page of 50"] = {UOW: w2_pga, AUTOCOMMIT: w2_pga_autocommit, FLOOR: w2_floor,
+    impls["W2 first page of 50"] = {UOW: pga_page(db), AUTOCOMMIT: w2_pga_autocommit, FLOOR: w2_floor,
                                     PLAIN: w2_plain,
                                     "asyncpg no RLS, same transaction shape": w2_plain_tx}
 
@@ -299,26 +301,10 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
                                                 acquire_timeout=30), dsn=app, sql_dir="sql").open()
         closers.append(pdb.close)
         prev_repo = prev.reference.ProjectRepository
-
-        async def w1_prev(i: int) -> Any:
-            t, p = pick(i)
-            async with pdb.transaction(tenant=t) as uow:
-                return await uow.repo(prev_repo).find_by_id(p)
-
-        async def w2_prev(i: int) -> Any:
-            t, _ = pick(i)
-            async with pdb.transaction(tenant=t, readonly=True) as uow:
-                return await uow.repo(prev_repo).find_page(limit=50)
-
-        async def w3_prev(i: int) -> Any:
-            t, _ = pick(i)
-            async with pdb.transaction(tenant=t) as uow:
-                return await uow.repo(prev_repo).insert(name=f"w3-{i}")
-
         label = f"pgaccess {rev} unit of work"
-        impls["W1 point lookup"][label] = w1_prev
-        impls["W2 first page of 50"][label] = w2_prev
-        impls["W3 insert one"][label] = w3_prev
+        impls["W1 point lookup"][label] = pga_lookup(pdb, prev_repo)
+        impls["W2 first page of 50"][label] = pga_page(pdb, prev_repo)
+        impls["W3 insert one"][label] = pga_insert(pdb, prev_repo)
 
     # Through PgBouncer (transaction pooling, statement cache off; PgBouncer 1.18 has no
     # prepared-statement support), same pool size on the client side.

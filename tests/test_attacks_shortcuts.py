@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from test_attacks import owner
 
 from pgaccess import Database, PgAccessError, QueryError, Settings
 from pgaccess.config import with_user
@@ -45,14 +46,6 @@ SELECT nextval(:seq::regclass);
 -- name: set_work_mem()$
 SELECT set_config('work_mem', '7MB', false);
 """
-
-
-async def owner(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    con = await asyncpg.connect(dsn)
-    try:
-        return list(await con.fetch(sql, *args))
-    finally:
-        await con.close()
 
 
 async def owner_exec(dsn: str, sql: str) -> None:
