@@ -204,6 +204,15 @@ class UnitOfWork(Executor):
             self._check()  # raises the right error
         assert con is not None
         self._state = "done"
+        if not con.is_in_transaction():  # asyncpg knows from the last ReadyForQuery
+            con._pga_raw_sql = True
+            await self._release()
+            raise TransactionError(
+                "the unit of work's transaction was ended inside the block (a COMMIT, ROLLBACK "
+                "or PREPARE TRANSACTION sent as SQL): pgaccess cannot tell what was committed, "
+                "and on_commit callbacks did not run. Let the `async with` block end the "
+                "transaction; use uow.savepoint() for partial rollbacks"
+            )
         if (self.readonly and self.isolation != "serializable" and not self._on_commit
                 and self.pool.has_idle()):
             # A read-only, non-serializable transaction has nothing to persist and its

@@ -138,12 +138,13 @@ async def test_spy_view_cannot_reach_the_victims_vetted_statement(
     await swallowed_error_unit_of_work(db1, a)
     seen_by_b = {r["email"] for r in await db1.autocommit(tenant=b).q.emails()}
     assert seen_by_b == b_emails
-    async with db1.transaction(tenant=a) as uow:
-        await uow.execute("ROLLBACK")
-        try:
-            stolen = {r["email"] for r in await uow.fetch("SELECT email FROM pg_temp.loot")}
-        except PgAccessError:
-            stolen = set()
+    with pytest.raises(TransactionError, match="ended inside the block"):
+        async with db1.transaction(tenant=a) as uow:
+            await uow.execute("ROLLBACK")
+            try:
+                stolen = {r["email"] for r in await uow.fetch("SELECT email FROM pg_temp.loot")}
+            except PgAccessError:
+                stolen = set()
     assert not stolen & b_emails
 
 
@@ -215,17 +216,18 @@ async def test_raw_rollback_in_a_unit_of_work_cannot_undo_its_reset(
     victim = signed1.autocommit(tenant=b)
     drawn = await victim.q.draw(seq="public.pga_seq")
     await victim.q.set_work_mem()
-    async with signed1.transaction(tenant=a) as uow:
-        await uow.execute("ROLLBACK")
-        work_mem = await uow.fetchval("SELECT current_setting('work_mem')")
-        try:
-            last = await uow.fetchval("SELECT lastval()")
-        except PgAccessError:
-            last = None
-        try:
-            b_rows = await uow.fetchval("SELECT count(*) FROM projects WHERE tenant_id = $1", b)
-        except PgAccessError:
-            b_rows = 0
+    with pytest.raises(TransactionError, match="ended inside the block"):
+        async with signed1.transaction(tenant=a) as uow:
+            await uow.execute("ROLLBACK")
+            work_mem = await uow.fetchval("SELECT current_setting('work_mem')")
+            try:
+                last = await uow.fetchval("SELECT lastval()")
+            except PgAccessError:
+                last = None
+            try:
+                b_rows = await uow.fetchval("SELECT count(*) FROM projects WHERE tenant_id = $1", b)
+            except PgAccessError:
+                b_rows = 0
     assert (work_mem, last, b_rows) == ("4MB", None, 0), (drawn, work_mem, last, b_rows)
 
 
@@ -234,13 +236,14 @@ async def test_raw_rollback_cannot_revive_the_victims_temp_table(
 ) -> None:
     async with db1.transaction(tenant=other_tenant) as uow:
         await uow.execute("CREATE TEMP TABLE b_scratch AS SELECT tenant_id, name FROM projects")
-    async with db1.transaction(tenant=tenant) as uow:
-        await uow.execute("ROLLBACK")
-        try:
-            stolen = await uow.fetchval("SELECT count(*) FROM pg_temp.b_scratch WHERE tenant_id = $1",
-                                        other_tenant)
-        except PgAccessError:
-            stolen = 0
+    with pytest.raises(TransactionError, match="ended inside the block"):
+        async with db1.transaction(tenant=tenant) as uow:
+            await uow.execute("ROLLBACK")
+            try:
+                stolen = await uow.fetchval("SELECT count(*) FROM pg_temp.b_scratch WHERE tenant_id = $1",
+                                            other_tenant)
+            except PgAccessError:
+                stolen = 0
     assert stolen == 0
 
 
