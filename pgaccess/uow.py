@@ -236,6 +236,8 @@ class UnitOfWork(Executor):
         if status != "COMMIT":  # PostgreSQL answers COMMIT of a failed transaction with ROLLBACK
             con._pga_raw_sql = True
             await self._release()
+            if self.readonly:  # nothing was lost (as when the COMMIT runs in the background)
+                return
             raise TransactionError(
                 "the unit of work was rolled back, not committed: a statement in it failed and "
                 "its error was handled inside the block, which leaves the transaction aborted. "

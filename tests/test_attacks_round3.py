@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from test_attacks import owner
 
 from pgaccess import Database, PgAccessError, QueryError, Settings, TransactionError
 from pgaccess.config import with_user
@@ -58,14 +59,6 @@ PLANT = (
     "DECLARE r3_cur CURSOR WITH HOLD FOR SELECT 1; "
     "PREPARE r3_stmt AS SELECT 1"
 )
-
-
-async def owner(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    con = await asyncpg.connect(dsn)
-    try:
-        return list(await con.fetch(sql, *args))
-    finally:
-        await con.close()
 
 
 def app_db(db_dsn: str, key: str | None = None, *, size: int = 1, telemetry: Any = None,
