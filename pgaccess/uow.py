@@ -205,7 +205,6 @@ class UnitOfWork(Executor):
         assert con is not None
         self._state = "done"
         if not con.is_in_transaction():  # asyncpg knows from the last ReadyForQuery
-            con._pga_raw_sql = True
             await self._release()
             raise TransactionError(
                 "the unit of work's transaction was ended inside the block (a COMMIT, ROLLBACK "
@@ -234,7 +233,6 @@ class UnitOfWork(Executor):
             await self._discard()
             raise
         if status != "COMMIT":  # PostgreSQL answers COMMIT of a failed transaction with ROLLBACK
-            con._pga_raw_sql = True
             await self._release()
             if self.readonly:  # nothing was lost (as when the COMMIT runs in the background)
                 return
@@ -272,9 +270,6 @@ class UnitOfWork(Executor):
         if broken:
             await self._discard()
             return
-        # The rollback undoes the opening's reset with everything else: the session is
-        # what the previous checkout left, so the next opening must be a full one.
-        raw._pga_raw_sql = True
         try:
             if not raw.is_closed() and raw.is_in_transaction():
                 await con.execute("ROLLBACK")
