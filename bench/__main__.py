@@ -162,7 +162,7 @@ async def make_impls(env: Env, dsn: str, pool_size: int) -> tuple[dict[str, dict
 
     async def floor_tx(t: uuid.UUID, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         async with floor.acquire() as con:
-            await con.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{t}', true)")
+            await con.execute(f"BEGIN; SET LOCAL app.tenant_id = '{t}'")
             try:
                 out = await fn(con)
             except BaseException:
@@ -519,7 +519,7 @@ async def measure_bulk(env: Env, rows: int, reps: int) -> list[tuple[str, float]
         insert = "INSERT INTO projects (tenant_id, name, status) VALUES ($1, $2, $3)"
         con = await asyncpg.connect(app)
         try:
-            await con.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{t}', true)")
+            await con.execute(f"BEGIN; SET LOCAL app.tenant_id = '{t}'")
             if pipelined:
                 await con.executemany(insert, [(t, r["name"], r["status"]) for r in data])
             else:

@@ -299,19 +299,25 @@ def test_opening_is_one_round_trip() -> None:
     sql = opening_sql(begin=begin, tenant_setting="app.tenant_id",
                       tenant=t, local_settings="SET LOCAL statement_timeout = '2000'")
     # The reset in a transaction of its own, committed before the unit of work's BEGIN: a
-    # ROLLBACK of the unit of work cannot undo it.
-    assert sql.startswith("BEGIN; " + RESET_SESSION + "; SELECT pg_catalog.pg_advisory_unlock_all()")
-    assert f"); COMMIT; {begin}; SET LOCAL statement_timeout = '2000'; SELECT" in sql
-    assert sql.endswith(f"pg_catalog.set_config('app.tenant_id', '{t}', true)")
+    # ROLLBACK of the unit of work cannot undo it. Utility statements only: no SELECT.
+    assert sql.startswith(f"BEGIN; {RESET_SESSION}; COMMIT; {begin}; "
+                          "SET LOCAL statement_timeout = '2000'; SET LOCAL seed = 0.")
+    assert "SELECT" not in sql
+    assert sql.endswith(f"; SET LOCAL \"app\".\"tenant_id\" = '{t}'")
+    # After raw SQL: session advisory locks released and the prepared-statement guard, both
+    # in the committed reset.
+    guarded = opening_sql(begin=begin, tenant_setting="app.tenant_id", tenant=t, guard=3)
+    reset = guarded[:guarded.index("COMMIT")]
+    assert "pg_advisory_unlock_all()" in reset and "pg_prepared_statements" in reset
     # Citus: the reset first (Citus replays a SET LOCAL query's text on its workers)
     reset, rest = citus_opening_sql(begin=begin_sql("read_committed", False, False),
                                     tenant_setting="app.tenant_id", tenant=t)
     assert reset.startswith(RESET_SESSION) and "COMMIT" not in reset and "BEGIN" not in reset
     assert rest.startswith("BEGIN ISOLATION LEVEL READ COMMITTED")
-    assert rest.endswith(f"SET LOCAL app.tenant_id = '{t}'")
+    assert rest.endswith(f"SET LOCAL \"app\".\"tenant_id\" = '{t}'")
     # autocommit: the tenant is set for the session (the next user's opening resets it)
     assert opening_sql(begin=None, tenant_setting="app.tenant_id", tenant=t).endswith(
-        f"pg_catalog.set_config('app.tenant_id', '{t}', false)")
+        f"; SET \"app\".\"tenant_id\" = '{t}'")
     with pytest.raises(ValueError, match="pre-validated"):
         opening_sql(begin=None, tenant_setting="app.tenant_id", tenant="x'; DROP TABLE t; --")
 
