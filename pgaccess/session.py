@@ -36,10 +36,10 @@ a transaction pooler, which refuses startup parameters, they travel with every `
 from __future__ import annotations
 
 import functools
-import random
 import re
 import time
 from collections.abc import Mapping
+from random import getrandbits
 from uuid import UUID
 
 import asyncpg
@@ -175,8 +175,13 @@ def _set_tenant(tenant_setting: str, tenant: str, scope: str) -> str:
     :func:`opening_sql`, checked here because it is inlined."""
     if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
         raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
+    return f"{_set_prefix(tenant_setting, scope)}{tenant}'"
+
+
+@functools.lru_cache(maxsize=16)
+def _set_prefix(tenant_setting: str, scope: str) -> str:
     name = ".".join(f'"{part}"' for part in tenant_setting.split("."))
-    return f"SET {scope}{name} = '{tenant}'"
+    return f"SET {scope}{name} = '"
 
 
 def local_tenant_sql(tenant_setting: str, tenant: str, *, set_local: bool) -> str:
@@ -234,23 +239,27 @@ def opening_sql(
     ``tenant`` is '' or built by :func:`tenant_value` from a validated UUID: hex digits,
     dashes and dots only, checked here because it is inlined.
     """
+    if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
+        raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
     guard_sql = "" if guard is None else prepared_statement_guard(guard)
-    head = _opening_head(begin, guard_sql, local_settings)
-    # A fresh random seed: setseed() by a previous user would make random() predictable.
-    return (f"{head}{random.random():.15f}; "
-            f"{_set_tenant(tenant_setting, tenant, 'LOCAL ' if begin else '')}")
+    head, tail = _opening_parts(begin, tenant_setting, guard_sql, local_settings)
+    # A fresh random seed (48 random bits as a fraction): setseed() by a previous user
+    # would make random() predictable.
+    return f"{head}0.{getrandbits(48)}{tail}{tenant}'"
 
 
 @functools.lru_cache(maxsize=256)
-def _opening_head(begin: str | None, guard_sql: str, local_settings: str) -> str:
-    """The opening's text up to the seed value (per shape, built once)."""
+def _opening_parts(begin: str | None, tenant_setting: str, guard_sql: str,
+                   local_settings: str) -> tuple[str, str]:
+    """The opening's text around the seed value and the tenant (per shape, built once)."""
     reset = RESET_SESSION
     if guard_sql:
         reset = f"{reset}; SELECT pg_catalog.pg_advisory_unlock_all(); {guard_sql}"
     local = f"; {local_settings}" if local_settings else ""
     if not begin:  # the implicit transaction of the simple query commits the reset
-        return f"{reset}{local}; SET seed = "
-    return f"BEGIN; {reset}; COMMIT; {begin}{local}; SET LOCAL seed = "
+        return f"{reset}{local}; SET seed = ", f"; {_set_prefix(tenant_setting, '')}"
+    return (f"BEGIN; {reset}; COMMIT; {begin}{local}; SET LOCAL seed = ",
+            f"; {_set_prefix(tenant_setting, 'LOCAL ')}")
 
 
 def citus_opening_sql(*, begin: str, tenant_setting: str, tenant: str,
