@@ -27,12 +27,23 @@ _INTERNALS: tuple[tuple[Any, str], ...] = (
     (PoolConnectionProxy, "_con"),
     (PoolConnectionProxy, "_holder"),
     (PoolConnectionHolder, "release"),
+    (PoolConnectionHolder, "_release"),
+    (PoolConnectionHolder, "_setup_inactive_callback"),
+    (PoolConnectionHolder, "_max_queries"),
+    (PoolConnectionHolder, "_generation"),
+    (PoolConnectionHolder, "_timeout"),
+    (PoolConnectionHolder, "_pool"),
+    (asyncpg.Pool, "_generation"),
+    (asyncpg.Connection, "_top_xact"),
+    (asyncpg.Connection, "_listeners"),
+    (asyncpg.Connection, "_log_listeners"),
     (PoolConnectionHolder, "is_connected"),
     (PoolConnectionHolder, "connect"),
     (PoolConnectionHolder, "_con"),
     (asyncpg.Connection, "_on_release"),
     (asyncpg.Connection, "_protocol"),
     (_protocol.Protocol, "_is_cancelling"),
+    (_protocol.Protocol, "queries_count"),
     (asyncpg.Connection, "_stmt_cache"),
     (asyncpg.Connection, "_stmts_to_close"),
 )
@@ -74,10 +85,26 @@ def can_release_in_task(raw: Any) -> bool:
             and not raw._protocol._is_cancelling())
 
 
-async def release_in_task(proxy: Any) -> None:
-    """asyncpg's release without its ``asyncio.shield`` Task (see can_release_in_task)."""
-    proxy._con._on_release()
-    await proxy._holder.release(None)
+def release_in_task(proxy: Any) -> bool:
+    """asyncpg's release of a clean connection (see can_release_in_task), done in the
+    caller's task and without awaiting: no ``asyncio.shield`` Task and none of the release
+    coroutine's frames and timeout scope. The steps are asyncpg's own
+    (``PoolConnectionHolder.release`` with nothing to roll back): forget listeners, free
+    the holder (which hands it to the longest waiter), re-arm the inactivity timer.
+    False, with nothing done, when asyncpg must release it itself: its transaction object
+    is still set, it reached ``max_queries``, or the pool's connections were expired."""
+    holder = proxy._holder
+    con = holder._con
+    if (con._top_xact is not None or con._protocol.queries_count >= holder._max_queries
+            or holder._generation != holder._pool._generation):
+        return False
+    con._on_release()
+    con._listeners.clear()
+    con._log_listeners.clear()
+    holder._timeout = None
+    holder._release()
+    holder._setup_inactive_callback()
+    return True
 
 
 class _HandOff:
