@@ -467,8 +467,8 @@ BEGIN
   WHILE clock_timestamp() < deadline LOOP
     PERFORM pg_stat_clear_snapshot();
     FOR q IN SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid()
-             AND query LIKE '%app.tenant_id'', ''%.%' LOOP
-      RETURN NEXT substring(q from 'app\.tenant_id'', ''([0-9a-f.-]+)''');
+             AND query LIKE '%"tenant_id" = ''%.%' LOOP
+      RETURN NEXT substring(q from '"tenant_id" = ''([0-9a-f.-]+)''');
     END LOOP;
   END LOOP;
 END $$"""
