@@ -52,8 +52,8 @@ log = get_logger("pool")
 class Connection(asyncpg.Connection):
     """asyncpg connection with the bookkeeping the pool needs (retire-at, leak tracking)."""
 
-    __slots__ = ("_pga_acquired_at", "_pga_raw_sql", "_pga_retire_at", "_pga_session_id",
-                 "_pga_stack")
+    __slots__ = ("_pga_acquired_at", "_pga_handed_out", "_pga_raw_sql", "_pga_retire_at",
+                 "_pga_session_id", "_pga_stack")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,6 +62,10 @@ class Connection(asyncpg.Connection):
         self._pga_stack: list[str] | None = None
         # SQL text from outside pgaccess ran here since the last opening (see session).
         self._pga_raw_sql = False
+        # Handed to caller code as a driver object (pool.acquire, uow.connection): closed at
+        # release, since driver-level state (type codecs, query loggers, listeners, named
+        # protocol-level statements) is out of reach of any SQL reset.
+        self._pga_handed_out = False
         # What app.session_id() returns here, for the signed tenant context (see _init).
         self._pga_session_id: int | None = None
 
@@ -371,15 +375,17 @@ class Pool:
 
         The connection comes from a reset session with no tenant (one round trip); a
         session found tampered with, lost or timing out in that reset is terminated and
-        another one taken. ``reset=False`` skips that round trip. Either way the next user
-        of the connection starts with a full reset: anything may run on it.
+        another one taken. ``reset=False`` skips that round trip. The connection is closed
+        at release: a driver object in caller code can carry state no SQL reset reaches
+        (type codecs, query loggers, listeners, protocol-level prepared statements).
         """
         if reset and self.session_settings:
             return await self._acquire_reset(timeout)
         # Behind a transaction pooler a session reset would reach some server connection,
         # not necessarily the next one: units of work reset in-transaction.
         proxy = await self._take(timeout)
-        raw_connection(proxy)._pga_raw_sql = True
+        raw = raw_connection(proxy)
+        raw._pga_raw_sql = raw._pga_handed_out = True
         return proxy
 
     def checkout(self, timeout: float | None = None) -> Coroutine[Any, Any, PooledConnection]:
@@ -402,7 +408,7 @@ class Pool:
                                 action="connection terminated; the next one is tried")
                     continue
                 raise
-            raw._pga_raw_sql = True  # raw use: anything may run
+            raw._pga_raw_sql = raw._pga_handed_out = True  # raw use: anything may run
             return proxy
         raise ConnectError(
             f"pool {self.name!r}: no connection could be reset (each was tampered with or lost); "
@@ -529,14 +535,17 @@ class Pool:
         if pool is None:
             return
         raw = raw_connection(con)
+        if raw is not None and raw._pga_handed_out and not raw.is_closed():
+            self._discarded += 1
+            raw.terminate()
         if self.observers and raw is not None and raw._pga_acquired_at:
             used = time.monotonic() - raw._pga_acquired_at
             for observer in self.observers:
                 observer.observe_pool_use(self.name, used)
         if (self._fast and raw is not None and raw._pga_retire_at > time.monotonic()
-                and driver.can_release_in_task(raw)):
-            if driver.release_in_task(con):  # to the longest waiter, if any (fair)
-                return
+                and driver.can_release_in_task(raw)
+                and driver.release_in_task(con)):  # to the longest waiter, if any (fair)
+            return
         await pool.release(con)
 
     async def discard(self, con: Any) -> None:

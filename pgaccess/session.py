@@ -7,13 +7,14 @@ work, every autocommit statement and every raw checkout begins with one simple q
 
 * resets the session: ``SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL;
   UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES`` - settings, roles, cursors, listeners,
-  temporary relations, functions, types and sequences - and ``SET seed`` (random());
+  temporary relations, functions, types and sequences;
 * after a checkout that ran SQL text from outside pgaccess (anything but the SQL pgaccess
   generates and the project's named-query files), or always with
-  ``check_prepared_statements="always"``: releases session advisory locks and fails if the
+  ``check_prepared_statements="always"``: releases session advisory locks, re-seeds
+  ``random()`` from the server's strong random source, and fails if the
   session holds a prepared statement made with SQL ``PREPARE`` (the driver's own are
   protocol-level) - the way to hijack one of the driver's statement names. The connection
-  is then terminated and the unit of work gets another. These two are ``SELECT``s, which
+  is then terminated and the unit of work gets another. These are ``SELECT``s, which
   cost the server far more than the utility statements of the rest (the guard reads every
   prepared statement of the session);
 * sets the tenant (``SET``, never a value taken from input: a validated UUID), or the
@@ -39,7 +40,6 @@ import functools
 import re
 import time
 from collections.abc import Mapping
-from random import getrandbits
 from uuid import UUID
 
 import asyncpg
@@ -218,48 +218,52 @@ def opening_sql(
     guard: int | None = None,
 ) -> str:
     """The first round trip: the reset, then ``begin`` (None: autocommit),
-    ``local_settings``, a fresh random seed and the tenant.
+    ``local_settings`` and the tenant.
 
     ``guard`` (the number of statements the driver holds) is given after SQL built at run
     time ran on the session since its last opening (or always, with
     ``check_prepared_statements="always"``): the opening then also releases session
-    advisory locks and runs the prepared-statement guard. Those two are ``SELECT``s, the
-    costly part of a reset (~17 us of server time); the rest are utility statements. Only
-    SQL built at run time can hijack a prepared statement, and advisory locks are visible
-    to every session in ``pg_locks`` anyway: what the lighter reset leaves (a session lock
-    a named query took on purpose) is a lock, never data.
+    advisory locks, re-seeds ``random()`` and runs the prepared-statement guard. Those are
+    ``SELECT``s, the costly part of a reset (~17 us of server time for the first); the rest
+    are utility statements. Only SQL built at run time can hijack a prepared statement or
+    set the seed, and advisory locks are visible to every session in ``pg_locks`` anyway:
+    what the lighter reset leaves (a session lock or a seed a named query set on purpose)
+    is never another tenant's data.
 
     With ``begin`` the reset runs in a transaction of its own, committed before the unit of
     work's ``BEGIN`` (``BEGIN; <reset>; COMMIT; BEGIN ...``): inside the unit of work's
     transaction a ``ROLLBACK`` - an aborted ``COMMIT``, or one sent as raw SQL - would undo
-    the reset and bring back what the previous user of the session left. The seed and the
-    tenant need no commit: the seed is not restored by a rollback, and the tenant is the
-    unit of work's own.
+    the reset and bring back what the previous user of the session left.
 
     ``tenant`` is '' or built by :func:`tenant_value` from a validated UUID: hex digits,
     dashes and dots only, checked here because it is inlined.
     """
     if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
         raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
-    guard_sql = "" if guard is None else prepared_statement_guard(guard)
-    head, tail = _opening_parts(begin, tenant_setting, guard_sql, local_settings)
-    # A fresh random seed (48 random bits as a fraction): setseed() by a previous user
-    # would make random() predictable.
-    return f"{head}0.{getrandbits(48)}{tail}{tenant}'"
+    head = _opening_head(begin, guard, local_settings)
+    return f"{head}{_set_prefix(tenant_setting, 'LOCAL ' if begin else '')}{tenant}'"
+
+
+# After SQL built at run time: release session advisory locks and re-seed random() from the
+# server's strong random source (gen_random_uuid), never from a value in the query text,
+# which every session of the role can read in pg_stat_activity.
+_AFTER_RAW_SQL = (
+    "SELECT pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed(("
+    "pg_catalog.hashtextextended(pg_catalog.gen_random_uuid()::text, 0) % 281474976710656)"
+    " / 281474976710656.0)"
+)
 
 
 @functools.lru_cache(maxsize=256)
-def _opening_parts(begin: str | None, tenant_setting: str, guard_sql: str,
-                   local_settings: str) -> tuple[str, str]:
-    """The opening's text around the seed value and the tenant (per shape, built once)."""
+def _opening_head(begin: str | None, guard: int | None, local_settings: str) -> str:
+    """The opening's text up to the tenant value (per shape, built once)."""
     reset = RESET_SESSION
-    if guard_sql:
-        reset = f"{reset}; SELECT pg_catalog.pg_advisory_unlock_all(); {guard_sql}"
+    if guard is not None:
+        reset = f"{reset}; {_AFTER_RAW_SQL}; {prepared_statement_guard(guard)}"
     local = f"; {local_settings}" if local_settings else ""
     if not begin:  # the implicit transaction of the simple query commits the reset
-        return f"{reset}{local}; SET seed = ", f"; {_set_prefix(tenant_setting, '')}"
-    return (f"BEGIN; {reset}; COMMIT; {begin}{local}; SET LOCAL seed = ",
-            f"; {_set_prefix(tenant_setting, 'LOCAL ')}")
+        return f"{reset}{local}; "
+    return f"BEGIN; {reset}; COMMIT; {begin}{local}; "
 
 
 def citus_opening_sql(*, begin: str, tenant_setting: str, tenant: str,

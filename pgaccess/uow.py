@@ -102,9 +102,12 @@ class UnitOfWork(Executor):
 
     @property
     def connection(self) -> PooledConnection:
-        """The raw asyncpg connection (whatever it leaves behind, the next user resets)."""
+        """The raw asyncpg connection. It is closed when the unit of work ends: SQL state it
+        leaves would be reset for the next user, but driver-level state (type codecs, query
+        loggers, listeners, protocol-level prepared statements) would not."""
         con = self._check()
-        raw_connection(con)._pga_raw_sql = True
+        raw = raw_connection(con)
+        raw._pga_raw_sql = raw._pga_handed_out = True
         return con
 
     @property

@@ -163,16 +163,36 @@ async def test_slow_query_warning_is_logged_without_values(pg_dsn: str) -> None:
 
 
 async def test_connections_are_retired_after_max_lifetime(pg_dsn: str) -> None:
+    # checkout(), the units of work's path: a connection from pool.connection() is closed at
+    # release anyway (handed out raw).
     async with Pool(settings(max_size=1, max_lifetime=0.2), pg_dsn) as pool:
-        async with pool.connection() as con:
-            first = await con.fetchval("SELECT pg_backend_pid()")
+        con = await pool.checkout()
+        first = await con.fetchval("SELECT pg_backend_pid()")
+        await pool.release(con)
         await asyncio.sleep(0.3)
-        async with pool.connection() as con:
-            pass  # released after its lifetime: retired on release
-        async with pool.connection() as con:
-            second = await con.fetchval("SELECT pg_backend_pid()")
+        await pool.release(await pool.checkout())  # released after its lifetime: retired
+        con = await pool.checkout()
+        second = await con.fetchval("SELECT pg_backend_pid()")
+        await pool.release(con)
         assert first != second
         assert pool.stats().connections_retired >= 1
+        assert pool.stats().connections_discarded == 0
+
+
+async def test_a_connection_handed_out_raw_is_closed_at_release(pg_dsn: str) -> None:
+    """Driver-level state (here a type codec) left on a raw connection never reaches the
+    next user: the connection is closed, the next checkout gets a new session."""
+    async with Pool(settings(max_size=1), pg_dsn) as pool:
+        async with pool.connection() as con:
+            first = await con.fetchval("SELECT pg_backend_pid()")
+            await con.set_type_codec("int4", schema="pg_catalog", encoder=str,
+                                     decoder=lambda text: f"seen:{text}", format="text")
+            assert await con.fetchval("SELECT 7") == "seen:7"
+        con = await pool.checkout()
+        assert await con.fetchval("SELECT 7") == 7
+        assert await con.fetchval("SELECT pg_backend_pid()") != first
+        await pool.release(con)
+        assert pool.stats().connections_discarded == 1
 
 
 async def test_leak_detection_logs_where_the_connection_was_taken(pg_dsn: str) -> None:

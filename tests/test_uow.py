@@ -300,15 +300,15 @@ def test_opening_is_one_round_trip() -> None:
                       tenant=t, local_settings="SET LOCAL statement_timeout = '2000'")
     # The reset in a transaction of its own, committed before the unit of work's BEGIN: a
     # ROLLBACK of the unit of work cannot undo it. Utility statements only: no SELECT.
-    assert sql.startswith(f"BEGIN; {RESET_SESSION}; COMMIT; {begin}; "
-                          "SET LOCAL statement_timeout = '2000'; SET LOCAL seed = 0.")
-    assert "SELECT" not in sql
-    assert sql.endswith(f"; SET LOCAL \"app\".\"tenant_id\" = '{t}'")
-    # After raw SQL: session advisory locks released and the prepared-statement guard, both
+    assert sql == (f"BEGIN; {RESET_SESSION}; COMMIT; {begin}; "
+                   f"SET LOCAL statement_timeout = '2000'; SET LOCAL \"app\".\"tenant_id\" = '{t}'")
+    # After raw SQL: session advisory locks released, random() re-seeded by the server (no
+    # seed in the text, which pg_stat_activity shows) and the prepared-statement guard, all
     # in the committed reset.
     guarded = opening_sql(begin=begin, tenant_setting="app.tenant_id", tenant=t, guard=3)
     reset = guarded[:guarded.index("COMMIT")]
     assert "pg_advisory_unlock_all()" in reset and "pg_prepared_statements" in reset
+    assert "setseed((pg_catalog.hashtextextended(pg_catalog.gen_random_uuid()" in reset
     # Citus: the reset first (Citus replays a SET LOCAL query's text on its workers)
     reset, rest = citus_opening_sql(begin=begin_sql("read_committed", False, False),
                                     tenant_setting="app.tenant_id", tenant=t)
