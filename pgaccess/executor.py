@@ -26,7 +26,14 @@ import asyncpg
 
 from . import driver
 from .config import Settings
-from .errors import ConfigError, ConnectionLost, QueryTimeout, TransactionError, from_asyncpg
+from .errors import (
+    ConfigError,
+    ConnectionLost,
+    PgAccessError,
+    QueryTimeout,
+    TransactionError,
+    from_asyncpg,
+)
 from .log import get_logger, log_query
 from .pool import Pool, PooledConnection, raw_connection
 from .replicas import ReplicaSet, last_write_at
@@ -41,6 +48,9 @@ if TYPE_CHECKING:
 log = get_logger("executor")
 
 # What the driver raises: server errors, client/protocol errors, and socket errors.
+# Beyond the statement timeout, before the client gives up on SQL built at run time.
+_RAW_SQL_GRACE = 1.0
+
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 Method = Literal["fetch", "fetchrow", "fetchval", "execute", "executemany"]
@@ -230,14 +240,27 @@ class Executor:
         """The statement itself, logged and measured (shared by both executors).
 
         ``traced``: its telemetry record (see :meth:`Telemetry.statement`), ended here."""
+        runtime = self.runtime
+        bound = None
         if not vetted:
             con._pga_raw_sql = True  # before it runs: it may fail half-way or be cancelled
-        runtime = self.runtime
+            bound = self._raw_sql_bound()
         start = time.perf_counter()
         try:
-            result = await getattr(con, method)(sql, *args)
+            if bound is None:
+                result = await getattr(con, method)(sql, *args)
+            else:
+                result = await getattr(con, method)(sql, *args, timeout=bound)
         except DRIVER_ERRORS as exc:
-            err = from_asyncpg(exc, name or _first_line(sql))
+            if bound is not None and type(exc) is TimeoutError:  # the client-side bound
+                con.terminate()
+                err: PgAccessError = QueryTimeout(
+                    f"{name or _first_line(sql)}: the server had not ended the statement "
+                    f"{bound:.1f}s after it began, past statement_timeout (a backend waiting "
+                    "for the client, as in COPY ... FROM STDIN, never acts on it); the "
+                    "connection was closed, so its locks are gone", query=name)
+            else:
+                err = from_asyncpg(exc, name or _first_line(sql))
             seconds = time.perf_counter() - start
             if traced is not None:
                 runtime.telemetry.end_statement(traced, seconds, err)  # type: ignore[union-attr]
@@ -258,6 +281,15 @@ class Executor:
         if runtime.metrics is not None:
             runtime.metrics.observe_query(name or "sql", seconds)
         return result
+
+    def _raw_sql_bound(self, limit: float | None = None) -> float | None:
+        """How long SQL built at run time may run before pgaccess closes its connection: the
+        statement timeout (``limit``, default the pool's) plus a second, so the server's own
+        timeout - a typed error on a connection that stays usable - fires first whenever the
+        server can act on it."""
+        if limit is None:
+            limit = self.runtime.settings.statement_timeout
+        return limit + _RAW_SQL_GRACE if limit else None
 
     async def fetch(self, sql: str, *args: Any, name: str | None = None) -> list[asyncpg.Record]:
         return cast(list[asyncpg.Record], await self.run("fetch", sql, args, name))

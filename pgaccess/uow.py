@@ -68,8 +68,8 @@ class TransactionOptions(TypedDict, total=False):
 class UnitOfWork(Executor):
     """One transaction on one connection. Obtain it from ``db.transaction()``."""
 
-    __slots__ = ("_con", "_on_commit", "_raw", "_savepoints", "_span", "_state", "_task",
-                 "isolation", "pool", "readonly")
+    __slots__ = ("_con", "_limit", "_on_commit", "_raw", "_savepoints", "_span", "_state",
+                 "_task", "isolation", "pool", "readonly")
 
     def __init__(self, runtime: Runtime, pool: Pool, *, tenant: UUID | None, system: bool,
                  isolation: str, readonly: bool) -> None:
@@ -83,6 +83,7 @@ class UnitOfWork(Executor):
         self._state: Literal["new", "active", "done"] = "new"
         self._on_commit: list[Callable[[], Awaitable[Any] | Any]] = []
         self._savepoints = 0
+        self._limit: float | None = None  # its own statement timeout (timeout=), if given
         self._span: Any = None  # telemetry: the transaction's span, or the open savepoint's
 
     # -- guards --------------------------------------------------------------------------
@@ -124,6 +125,9 @@ class UnitOfWork(Executor):
         return con is not None and not raw_connection(con)._pga_raw_sql
 
     # -- running statements ----------------------------------------------------------------
+
+    def _raw_sql_bound(self, limit: float | None = None) -> float | None:
+        return super()._raw_sql_bound(self._limit)  # its own timeout=, if given
 
     async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
                   *, vetted: bool = False) -> Any:
@@ -195,6 +199,7 @@ class UnitOfWork(Executor):
                          tenant=runtime.tenant_value(self.tenant, con),
                          local_settings=local, guard=runtime.guard_for(con))
 
+        self._limit = timeout
         self._con = await open_session(runtime, pool, acquire_timeout, opening, self._span)
         self._raw = raw_connection(self._con)
         self._task = asyncio.current_task()
