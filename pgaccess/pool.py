@@ -393,7 +393,8 @@ class Pool:
         (units of work and autocommit statements, :mod:`pgaccess.session`)."""
         return self._take(timeout)  # not awaited here: one frame less per resumption
 
-    async def _acquire_reset(self, timeout: float | None) -> PooledConnection:
+    async def _acquire_reset(self, timeout: float | None,
+                             handed_out: bool = True) -> PooledConnection:
         for _ in range(self.settings.max_size + 1):
             proxy = await self._take(timeout)
             raw = raw_connection(proxy)
@@ -408,7 +409,9 @@ class Pool:
                                 action="connection terminated; the next one is tried")
                     continue
                 raise
-            raw._pga_raw_sql = raw._pga_handed_out = True  # raw use: anything may run
+            # Raw use: anything may run, and the driver object is in caller code. pgaccess's
+            # own fixed SQL (vetted_connection) leaves the session as the opening made it.
+            raw._pga_raw_sql = raw._pga_handed_out = handed_out
             return proxy
         raise ConnectError(
             f"pool {self.name!r}: no connection could be reset (each was tampered with or lost); "
@@ -562,6 +565,18 @@ class Pool:
         """``async with pool.connection() as con:`` - raw access to a reset session with no
         tenant; whatever it leaves behind is reset by the next user."""
         con = await self.acquire(timeout)
+        try:
+            yield con
+        finally:
+            await self.release(con)
+
+    @asynccontextmanager
+    async def vetted_connection(self, timeout: float | None = None) -> AsyncIterator[PooledConnection]:
+        """A reset session with no tenant for pgaccess's own statements of fixed text (health
+        checks, replica lag): unlike :meth:`connection` it goes back to the pool open, and
+        the next user's opening stays the light one."""
+        con = await (self._acquire_reset(timeout, handed_out=False) if self.session_settings
+                     else self._take(timeout))
         try:
             yield con
         finally:

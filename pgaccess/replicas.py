@@ -84,7 +84,7 @@ class ReplicaSet:
         state.checked_at = time.monotonic()
         try:
             async with asyncio.timeout(max(1.0, self.check_interval)):
-                async with pool.connection() as con:
+                async with pool.vetted_connection() as con:
                     row = await con.fetchrow(LAG_SQL)
         except Exception as exc:  # unreachable or failing: skip it until it recovers
             was = state.healthy

@@ -43,6 +43,21 @@ async def test_full_report_against_a_migrated_database(db: Database) -> None:
     assert report.exit_code == 0
 
 
+async def test_health_checks_keep_their_connections_pooled(db: Database) -> None:
+    """Health runs fixed SQL on pool.vetted_connection(): its connections go back to the pool
+    open (a connection handed out raw is closed at release), and leave no raw-SQL flag."""
+    from pgaccess.pool import raw_connection
+
+    await check(db, cache_seconds=0)
+    opened = db.pool.stats().connections_opened
+    for _ in range(5):
+        assert (await check(db, cache_seconds=0)).status == "ok"
+    stats = db.pool.stats()
+    assert (stats.connections_discarded, stats.connections_opened) == (0, opened)
+    async with db.pool.vetted_connection() as con:
+        assert raw_connection(con)._pga_raw_sql is False
+
+
 async def test_idle_in_transaction_and_long_transaction_are_reported(db: Database, tenant: uuid.UUID) -> None:
     async with db.transaction(tenant=tenant) as uow:
         await uow.fetchval("SELECT 1")

@@ -126,7 +126,7 @@ async def check(
 
     async def ping() -> CheckResult:
         start = time.perf_counter()
-        async with db.pool.connection(timeout) as con:
+        async with db.pool.vetted_connection(timeout) as con:
             await con.fetchval("SELECT 1")
         latency = _ms(start)
         slow = latency > max_latency_ms
@@ -135,7 +135,7 @@ async def check(
                            f"latency {latency} ms over {max_latency_ms} ms" if slow else None)
 
     async def query(sql: str) -> dict[str, Any]:
-        async with db.pool.connection(timeout) as con:
+        async with db.pool.vetted_connection(timeout) as con:
             row = await con.fetchrow(sql)
         return dict(row) if row else {}
 
@@ -154,14 +154,14 @@ async def check(
         return await _migration_check(db, Path(migrations_dir or "migrations"), timeout, app_role, core)
 
     async def roles() -> CheckResult:
-        async with db.pool.connection(timeout) as con:
+        async with db.pool.vetted_connection(timeout) as con:
             return await role_check(con, app_role)
 
     async def citus() -> CheckResult:
         from ..citus import node_status
         from ..pool import raw_connection
 
-        async with db.pool.connection(timeout) as con:
+        async with db.pool.vetted_connection(timeout) as con:
             nodes = await node_status(raw_connection(con))  # the connection behind the proxy
         down = [f"{n.name}:{n.port}" for n in nodes if not n.healthy]
         return CheckResult("degraded" if down else "ok", 0,
@@ -226,7 +226,7 @@ async def _migration_check(db: Database, directory: Path, timeout: float, app_ro
     available = directory.is_dir()
     files = load_directory(directory) if available else []
     repeatables = load_directory(directory / "repeatable", repeatable=True) if available else []
-    async with db.pool.connection(timeout) as con:
+    async with db.pool.vetted_connection(timeout) as con:
         present = await con.fetchval("SELECT to_regprocedure('pgaccess.migration_versions()') IS NOT NULL")
         rows = await con.fetch(
             "SELECT scope, version, kind, checksum FROM pgaccess.migration_versions() "
