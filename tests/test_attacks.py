@@ -460,18 +460,24 @@ async def test_previous_tenants_listeners_gone_in_the_next_unit_of_work(signed1:
 # -- 4. signed tenant context replay ----------------------------------------------------
 
 
-CAPTURE = r"""
-CREATE FUNCTION pg_temp.capture(ms int) RETURNS SETOF text LANGUAGE plpgsql AS $$
+def capture_sql(name: str, like: str, pattern: str) -> str:
+    """``pg_temp.<name>(ms)``: for ``ms`` milliseconds, the ``pattern`` group of every other
+    session's current query text that matches ``like`` (pg_stat_activity, as the app role)."""
+    return rf"""
+CREATE FUNCTION pg_temp.{name}(ms int) RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE deadline timestamptz := clock_timestamp() + ms * interval '1 millisecond'; q text;
 BEGIN
   WHILE clock_timestamp() < deadline LOOP
     PERFORM pg_stat_clear_snapshot();
     FOR q IN SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid()
-             AND query LIKE '%"tenant_id" = ''%.%' LOOP
-      RETURN NEXT substring(q from '"tenant_id" = ''([0-9a-f.-]+)''');
+             AND query LIKE '{like}' LOOP
+      RETURN NEXT substring(q from '{pattern}');
     END LOOP;
   END LOOP;
 END $$"""
+
+
+CAPTURE = capture_sql("capture", """%"tenant_id" = ''%.%""", """"tenant_id" = ''([0-9a-f.-]+)''""")
 
 
 async def capture_while_b_works(t: Target, spy: Database, ms: int = 300) -> list[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +27,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from test_attacks import owner
+from test_attacks import capture_sql, owner
+from test_attacks_round3 import enable_signing
 
 from pgaccess import Database, PgAccessError, Settings, TransactionError
 from pgaccess.config import with_user
@@ -60,23 +60,15 @@ def app_db(db_dsn: str, key: str | None = None, *, size: int = 1, **settings: An
                     queries=load_queries_from_str(QUERIES))
 
 
-async def enable_signing(db_dsn: str) -> str:
-    key = secrets.token_hex(32)
-    await owner(db_dsn, "SELECT app.enable_signed_tenant_context(decode($1, 'hex'))", key)
-    return key
-
-
 @pytest.fixture
 async def db1(db_dsn: str) -> AsyncIterator[Database]:
-    database = app_db(db_dsn)
-    async with database:
+    async with app_db(db_dsn) as database:
         yield database
 
 
 @pytest.fixture
 async def signed1(db_dsn: str) -> AsyncIterator[Database]:
-    database = app_db(db_dsn, await enable_signing(db_dsn))
-    async with database:
+    async with app_db(db_dsn, await enable_signing(db_dsn)) as database:
         yield database
 
 
@@ -107,18 +99,7 @@ async def backend_advisory_locks(db_dsn: str, pid: int) -> int:
 
 # -- 1. the random seed ------------------------------------------------------------------
 
-SEED_CAPTURE = r"""
-CREATE FUNCTION pg_temp.seeds(ms int) RETURNS SETOF text LANGUAGE plpgsql AS $$
-DECLARE deadline timestamptz := clock_timestamp() + ms * interval '1 millisecond'; q text;
-BEGIN
-  WHILE clock_timestamp() < deadline LOOP
-    PERFORM pg_stat_clear_snapshot();
-    FOR q IN SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid()
-             AND query LIKE '%SET%seed = 0.%' LOOP
-      RETURN NEXT substring(q from 'seed = (0\.[0-9]+)');
-    END LOOP;
-  END LOOP;
-END $$"""
+SEED_CAPTURE = capture_sql("seeds", "%SET%seed = 0.%", r"seed = (0\.[0-9]+)")
 
 
 async def test_opening_seed_read_from_pg_stat_activity(
