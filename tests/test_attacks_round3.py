@@ -264,8 +264,9 @@ async def test_commit_after_raw_rollback_raises_and_skips_on_commit(
     "session - it outlives A's connection, the pool, idle_in_transaction_session_timeout and "
     "a server restart - and every tenant's reads of the table wait until their "
     "statement_timeout, until someone runs ROLLBACK PREPARED. SECURITY.md bounds lock DoS by "
-    "statement_timeout + idle_in_transaction_session_timeout; health does not look at "
-    "pg_prepared_xacts or max_prepared_transactions"))
+    "statement_timeout + idle_in_transaction_session_timeout; health now reports a "
+    "prepared transaction older than max_prepared_age_s (the operator's cue), which "
+    "mitigates but does not prevent it"))
 async def test_prepared_transaction_lock_outlives_the_session(
     db_dsn: str, tenant: uuid.UUID, other_tenant: uuid.UUID
 ) -> None:

@@ -58,6 +58,31 @@ async def test_health_checks_keep_their_connections_pooled(db: Database) -> None
         assert raw_connection(con)._pga_raw_sql is False
 
 
+async def test_a_prepared_transaction_left_behind_degrades_the_database_check(
+    db: Database, db_dsn: str, tenant: uuid.UUID
+) -> None:
+    """PREPARE TRANSACTION from SQL in a unit of work hands its locks to no session (see
+    docs/SECURITY.md): health reports it once it is older than max_prepared_age_s."""
+    from test_attacks import owner
+
+    from pgaccess import TransactionError
+
+    gid = f"pga_health_{uuid.uuid4().hex[:12]}"
+    try:
+        with pytest.raises(TransactionError):
+            async with db.transaction(tenant=tenant) as uow:
+                await uow.execute(f"PREPARE TRANSACTION '{gid}'")
+        report = await check(db, cache_seconds=0, max_prepared_age_s=0)
+        database = report.checks["database"]
+        assert database.status == "degraded" and report.status == "degraded"
+        assert database.data["prepared_transactions"] >= 1
+        assert "ROLLBACK PREPARED" in (database.error or "")
+        assert (await check(db, cache_seconds=0)).checks["database"].status == "ok"  # < 60 s
+    finally:
+        await owner(db_dsn, f"ROLLBACK PREPARED '{gid}'")
+    assert (await check(db, cache_seconds=0, max_prepared_age_s=0)).checks["database"].status == "ok"
+
+
 async def test_idle_in_transaction_and_long_transaction_are_reported(db: Database, tenant: uuid.UUID) -> None:
     async with db.transaction(tenant=tenant) as uow:
         await uow.fetchval("SELECT 1")

@@ -83,7 +83,13 @@ SELECT d.datname AS database, d.numbackends AS backends, d.xact_commit AS commit
             AND datname = current_database()) AS longest_transaction_s,
        (SELECT count(*) FROM pg_stat_activity
           WHERE state LIKE 'idle in transaction%' AND datname = current_database())::int
-           AS idle_in_transaction
+           AS idle_in_transaction,
+       current_setting('max_prepared_transactions')::int AS max_prepared_transactions,
+       (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database())::int
+           AS prepared_transactions,
+       (SELECT coalesce(max(extract(epoch FROM now() - prepared)), 0)::float8
+          FROM pg_prepared_xacts WHERE database = current_database())
+           AS oldest_prepared_transaction_s
 FROM pg_stat_database d WHERE d.datname = current_database()
 """
 
@@ -120,8 +126,12 @@ async def check(
     timeout: float = 2.0,
     max_latency_ms: float = 250.0,
     cache_seconds: float = 5.0,
+    max_prepared_age_s: float = 60.0,
 ) -> HealthReport:
-    """Run the checks for ``kind`` concurrently and combine them into one report."""
+    """Run the checks for ``kind`` concurrently and combine them into one report.
+
+    ``max_prepared_age_s``: a prepared (two-phase) transaction older than this degrades the
+    ``database`` check - its locks belong to no session, so nothing times it out."""
     cache = _recent.setdefault(db, {})
 
     async def ping() -> CheckResult:
@@ -148,7 +158,16 @@ async def check(
                            f"{used} of {limit} connections in use" if busy else None)
 
     async def database() -> CheckResult:
-        return CheckResult("ok", 0, await query(_DATABASE_SQL))
+        # A prepared (two-phase) transaction keeps its locks with no session behind it:
+        # past the connection, the pool and a restart, until someone finishes it.
+        data = await query(_DATABASE_SQL)
+        stale = data["oldest_prepared_transaction_s"] > max_prepared_age_s
+        return CheckResult("degraded" if stale else "ok", 0, data, (
+            f"{data['prepared_transactions']} prepared transaction(s), the oldest "
+            f"{data['oldest_prepared_transaction_s']:.0f} s old, hold their locks with no "
+            "session: finish them (COMMIT/ROLLBACK PREPARED, gid in pg_prepared_xacts), and "
+            "set max_prepared_transactions = 0 unless two-phase commit is needed"
+        ) if stale else None)
 
     async def migrations() -> CheckResult:
         return await _migration_check(db, Path(migrations_dir or "migrations"), timeout, app_role, core)

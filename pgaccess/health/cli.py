@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kind", choices=["live", "ready", "full"], default="full")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per check (default 2)")
     p.add_argument("--max-latency-ms", type=float, default=250.0)
+    p.add_argument("--max-prepared-age", type=float, default=60.0, metavar="SECONDS",
+                   help="a prepared (two-phase) transaction older than this degrades the "
+                        "database check: its locks belong to no session (default 60)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
 
@@ -54,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             report = await check(db, kind=args.kind, migrations_dir=project.migrations,
                                  app_role=project.app_role, core=project.core_schema,
-                                 timeout=args.timeout, max_latency_ms=args.max_latency_ms)
+                                 timeout=args.timeout, max_latency_ms=args.max_latency_ms,
+                                 max_prepared_age_s=args.max_prepared_age)
         finally:
             await db.close(timeout=args.timeout)
         if args.json:
