@@ -44,6 +44,7 @@ _INTERNALS: tuple[tuple[Any, str], ...] = (
     (asyncpg.Connection, "_protocol"),
     (_protocol.Protocol, "_is_cancelling"),
     (_protocol.Protocol, "queries_count"),
+    (_protocol.Protocol, "_wait_for_cancellation"),
     (asyncpg.Connection, "_stmt_cache"),
     (asyncpg.Connection, "_stmts_to_close"),
 )
@@ -105,6 +106,22 @@ def release_in_task(proxy: Any) -> bool:
     holder._release()
     holder._setup_inactive_callback()
     return True
+
+
+async def cancel_then_close(raw: Any, seconds: float) -> bool:
+    """Close a connection whose statement overran the client's timeout - after the cancel
+    request asyncpg sent at the timeout has reached the server and ended the statement
+    (waiting at most ``seconds``), since closing first would abort that request and leave a
+    busy backend running with its locks. True when the statement ended in time."""
+    protocol = raw._protocol
+    ended = False
+    if protocol is not None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(seconds):
+                await protocol._wait_for_cancellation()
+                ended = True
+    raw.terminate()
+    return ended
 
 
 class _HandOff:
@@ -221,6 +238,7 @@ def install_hand_off(pool: Any) -> None:
 
 __all__ = [
     "can_release_in_task",
+    "cancel_then_close",
     "install_hand_off",
     "missing_internals",
     "pool_has_idle",

@@ -48,8 +48,10 @@ if TYPE_CHECKING:
 log = get_logger("executor")
 
 # What the driver raises: server errors, client/protocol errors, and socket errors.
-# Beyond the statement timeout, before the client gives up on SQL built at run time.
+# Beyond the statement timeout, before the client gives up on SQL built at run time; then
+# how long it waits for its cancel request to end the statement before closing anyway.
 _RAW_SQL_GRACE = 1.0
+_CANCEL_WAIT = 0.5
 
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
@@ -253,12 +255,16 @@ class Executor:
                 result = await getattr(con, method)(sql, *args, timeout=bound)
         except DRIVER_ERRORS as exc:
             if bound is not None and type(exc) is TimeoutError:  # the client-side bound
-                con.terminate()
+                ended = await driver.cancel_then_close(con, _CANCEL_WAIT)
                 err: PgAccessError = QueryTimeout(
                     f"{name or _first_line(sql)}: the server had not ended the statement "
-                    f"{bound:.1f}s after it began, past statement_timeout (a backend waiting "
-                    "for the client, as in COPY ... FROM STDIN, never acts on it); the "
-                    "connection was closed, so its locks are gone", query=name)
+                    f"{bound:.1f}s after it began, past statement_timeout (switched off, or "
+                    "a backend waiting for the client, as in COPY ... FROM STDIN). " + (
+                        "It was cancelled and the connection closed: its transaction and "
+                        "locks are gone" if ended else
+                        "It ignored the cancel request (a function trapping query_canceled); "
+                        "the connection was closed, and its backend ends when it next reads "
+                        "from the client"), query=name)
             else:
                 err = from_asyncpg(exc, name or _first_line(sql))
             seconds = time.perf_counter() - start

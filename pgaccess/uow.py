@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from uuid import UUID
@@ -191,7 +192,8 @@ class UnitOfWork(Executor):
             # Built after acquiring: connecting may just have found a transaction pooler.
             local = pool.pinned_local
             if timeout is not None:
-                limit = f"SET LOCAL statement_timeout = {int(timeout * 1000)}"
+                # Rounded up: only timeout=0 may mean no timeout at all.
+                limit = f"SET LOCAL statement_timeout = {math.ceil(timeout * 1000)}"
                 local = f"{local}; {limit}" if local else limit
             build = (citus_opening_sql if begin and (runtime.tenant_set_local or pool.distributed)
                      else opening_sql)
@@ -212,6 +214,12 @@ class UnitOfWork(Executor):
             self._check()  # raises the right error
         assert con is not None
         self._state = "done"
+        if con.is_closed():  # a statement overran its client-side bound, or the server left
+            await self._release()
+            raise ConnectionLost(
+                "the unit of work's connection was closed before its COMMIT (a statement ran "
+                "past its timeout, or the connection to the server broke): pgaccess did not "
+                "commit it and on_commit callbacks did not run; retry the unit of work")
         if not con.is_in_transaction():  # asyncpg knows from the last ReadyForQuery
             await self._release()
             raise TransactionError(
@@ -390,6 +398,12 @@ def check_options(options: TransactionOptions) -> None:
         )
     if options.get("system") and options.get("tenant") is not None:
         raise TransactionError("a system transaction has no tenant; pass one or the other")
+    timeout = options.get("timeout")
+    if timeout is not None and not timeout >= 0:
+        raise TransactionError(
+            f"timeout must be a number of seconds >= 0, got {timeout!r} (0: no statement "
+            "timeout at all; leave it out for the pool's statement_timeout)"
+        )
 
 
 class TransactionContext:

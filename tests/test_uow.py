@@ -338,3 +338,16 @@ async def test_readonly_commit_finishes_in_the_background(db: Database, tenant: 
     async with db.transaction(tenant=tenant, readonly=True) as uow:  # with a callback: inline
         uow.on_commit(lambda: ran.append(1))
     assert ran == [1]
+
+
+async def test_a_negative_or_tiny_timeout(db: Database, tenant: uuid.UUID) -> None:
+    """A negative timeout is refused before anything is acquired; a positive one under 1 ms
+    is rounded up (a statement_timeout of 0 would mean none at all)."""
+    from pgaccess import QueryTimeout
+
+    with pytest.raises(TransactionError, match="timeout must be a number of seconds >= 0"):
+        async with db.transaction(tenant=tenant, timeout=-1):
+            pass
+    with pytest.raises(QueryTimeout, match="statement timeout"):  # with 0 it would sleep on
+        async with db.transaction(tenant=tenant, timeout=0.0004) as uow:
+            await uow.execute("SELECT pg_sleep(0.2)")
