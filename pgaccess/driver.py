@@ -79,24 +79,19 @@ def pool_has_idle(pool: asyncpg.Pool | None) -> bool:
     return queue is not None and not queue.empty()
 
 
-def can_release_in_task(raw: Any) -> bool:
-    """Nothing to roll back, reset, close or cancel: the release needs no await that could
-    be cut short, so it may run in the caller's task instead of a shielded one."""
-    return (not raw.is_closed() and not raw.is_in_transaction()
-            and not raw._protocol._is_cancelling())
-
-
 def release_in_task(proxy: Any) -> bool:
-    """asyncpg's release of a clean connection (see can_release_in_task), done in the
-    caller's task and without awaiting: no ``asyncio.shield`` Task and none of the release
-    coroutine's frames and timeout scope. The steps are asyncpg's own
-    (``PoolConnectionHolder.release`` with nothing to roll back): forget listeners, free
-    the holder (which hands it to the longest waiter), re-arm the inactivity timer.
-    False, with nothing done, when asyncpg must release it itself: its transaction object
-    is still set, it reached ``max_queries``, or the pool's connections were expired."""
-    holder = proxy._holder
-    con = holder._con
-    if (con._top_xact is not None or con._protocol.queries_count >= holder._max_queries
+    """asyncpg's release of a clean connection, done in the caller's task and without
+    awaiting: no ``asyncio.shield`` Task and none of the release coroutine's frames and
+    timeout scope. The steps are asyncpg's own (``PoolConnectionHolder.release`` with
+    nothing to roll back): forget listeners, free the holder (which hands it to the longest
+    waiter), re-arm the inactivity timer. False, with nothing done, when asyncpg must
+    release it itself: the connection is closed, in a transaction, being cancelled or has
+    asyncpg's transaction object set (something to await, which cancellation could cut
+    short), it reached ``max_queries``, or the pool's connections were expired."""
+    holder, con = proxy._holder, proxy._con
+    if (con is None or con.is_closed() or con.is_in_transaction()
+            or con._protocol._is_cancelling()
+            or con._top_xact is not None or con._protocol.queries_count >= holder._max_queries
             or holder._generation != holder._pool._generation):
         return False
     con._on_release()
@@ -237,7 +232,6 @@ def install_hand_off(pool: Any) -> None:
 
 
 __all__ = [
-    "can_release_in_task",
     "cancel_then_close",
     "install_hand_off",
     "missing_internals",

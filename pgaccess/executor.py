@@ -47,12 +47,12 @@ if TYPE_CHECKING:
 
 log = get_logger("executor")
 
-# What the driver raises: server errors, client/protocol errors, and socket errors.
 # Beyond the statement timeout, before the client gives up on SQL built at run time; then
 # how long it waits for its cancel request to end the statement before closing anyway.
 _RAW_SQL_GRACE = 1.0
 _CANCEL_WAIT = 0.5
 
+# What the driver raises: server errors, client/protocol errors, and socket errors.
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 Method = Literal["fetch", "fetchrow", "fetchval", "execute", "executemany"]
@@ -211,6 +211,8 @@ class Executor:
 
     __slots__ = ("runtime", "system", "tenant")
 
+    _limit: float | None = None  # an own statement timeout (a unit of work's timeout=)
+
     def __init__(self, runtime: Runtime, *, tenant: UUID | None, system: bool) -> None:
         self.runtime = runtime
         self.tenant = tenant
@@ -288,13 +290,12 @@ class Executor:
             runtime.metrics.observe_query(name or "sql", seconds)
         return result
 
-    def _raw_sql_bound(self, limit: float | None = None) -> float | None:
+    def _raw_sql_bound(self) -> float | None:
         """How long SQL built at run time may run before pgaccess closes its connection: the
-        statement timeout (``limit``, default the pool's) plus a second, so the server's own
-        timeout - a typed error on a connection that stays usable - fires first whenever the
-        server can act on it."""
-        if limit is None:
-            limit = self.runtime.settings.statement_timeout
+        statement timeout in force (a unit of work's own ``timeout=``, else the pool's) plus
+        a second, so the server's own timeout - a typed error on a connection that stays
+        usable - fires first whenever the server can act on it."""
+        limit = self.runtime.settings.statement_timeout if self._limit is None else self._limit
         return limit + _RAW_SQL_GRACE if limit else None
 
     async def fetch(self, sql: str, *args: Any, name: str | None = None) -> list[asyncpg.Record]:

@@ -546,7 +546,6 @@ class Pool:
             for observer in self.observers:
                 observer.observe_pool_use(self.name, used)
         if (self._fast and raw is not None and raw._pga_retire_at > time.monotonic()
-                and driver.can_release_in_task(raw)
                 and driver.release_in_task(con)):  # to the longest waiter, if any (fair)
             return
         await pool.release(con)

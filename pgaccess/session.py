@@ -238,10 +238,8 @@ def opening_sql(
     ``tenant`` is '' or built by :func:`tenant_value` from a validated UUID: hex digits,
     dashes and dots only, checked here because it is inlined.
     """
-    if _TENANT_VALUE(tenant) is None:  # never reached with pgaccess's own values
-        raise ValueError(f"tenant value {tenant!r} is not pre-validated; it would be inlined")
-    head = _opening_head(begin, guard, local_settings)
-    return f"{head}{_set_prefix(tenant_setting, 'LOCAL ' if begin else '')}{tenant}'"
+    return (_opening_head(begin, guard, local_settings)
+            + _set_tenant(tenant_setting, tenant, "LOCAL " if begin else ""))
 
 
 # After SQL built at run time: release session advisory locks and re-seed random() from the

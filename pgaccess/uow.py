@@ -127,9 +127,6 @@ class UnitOfWork(Executor):
 
     # -- running statements ----------------------------------------------------------------
 
-    def _raw_sql_bound(self, limit: float | None = None) -> float | None:
-        return super()._raw_sql_bound(self._limit)  # its own timeout=, if given
-
     async def run(self, method: Method, sql: str, args: Sequence[Any], name: str | None,
                   *, vetted: bool = False) -> Any:
         raw = self._raw
